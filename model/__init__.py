@@ -1,0 +1,1 @@
+"""LayerT2V: the serialized-layer video DiT, installed as `layert2v`."""
