@@ -25,9 +25,10 @@ class InputItem:
     """One raw caption-video pair as discovered on disk or listed in a manifest."""
 
     key: str
-    path: str
+    path: str  # absolute, what workers open
+    source: str  # as the user named it: relative to the input folder, or as listed in the manifest
     caption: str | None = None
-    fg_caption: str | None = None
+    fg_captions: tuple[str, ...] = ()
     bg_caption: str | None = None
     # Set when the input is unusable before any video is opened (bad caption file, bad path).
     reject_reason: str | None = None
@@ -80,7 +81,8 @@ class Clip:
 
     key: str
     input_key: str
-    source: str
+    path: str  # absolute, what workers open
+    source: str  # as the user named it
     captions: Captions
     info: VideoInfo | None = None
     # Low-resolution frames over the whole input, used to filter and to find shots.

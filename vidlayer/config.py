@@ -47,11 +47,13 @@ class OutputPolicy:
 class StageSpec:
     stage: str
     backend: str
+    # The class itself, not its name: unpickling it on a Ray worker imports (and registers) it.
+    cls: type[Stage]
     params: Any
     resources: Resources
 
     def build(self) -> Stage:
-        return stage_class(self.stage, self.backend)(self.params, self.resources)
+        return self.cls(self.params, self.resources)
 
 
 @dataclass
@@ -152,7 +154,7 @@ def _parse_stage(raw: Any, where: str) -> StageSpec:
     label = f"{where}: stage {stage}"
     params = _build_dataclass(cls.Params, raw.get("params") or {}, label)
     resources = _build_dataclass(Resources, raw.get("resources") or {}, label, defaults=cls.default_resources)
-    return StageSpec(stage=stage, backend=backend, params=params, resources=resources)
+    return StageSpec(stage=stage, backend=backend, cls=cls, params=params, resources=resources)
 
 
 def _build_dataclass(cls: type, values: Any, where: str, defaults: Any = None) -> Any:

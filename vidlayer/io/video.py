@@ -102,7 +102,7 @@ def read_frames(
     if backend in ("auto", "decord") and decord is not None:
         try:
             return _read_decord(path, indices, size, threads), "decord"
-        except (decord.DECORDError, RuntimeError, IndexError, ValueError) as e:
+        except Exception as e:  # decord signals unsupported streams with assorted exception types
             if backend == "decord":
                 raise VideoError("decode_error", f"decord cannot decode {Path(path).name}: {_first_line(e)}") from None
     elif backend == "decord":

@@ -1,0 +1,41 @@
+"""Shared fixtures: small videos on disk, written through the project's own encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from vidlayer.io.video import encode_video
+
+
+def moving_square_frames(num_frames: int = 24, width: int = 320, height: int = 240, scene: str = "coffee") -> np.ndarray:
+    """A photo patch crossing a photo background: enough content for every filter to pass."""
+    background = cv2.resize(getattr(skimage.data, scene)(), (width, height), interpolation=cv2.INTER_AREA)
+    frames = np.repeat(background[None], num_frames, axis=0).copy()
+    size = height // 4
+    texture = cv2.resize(skimage.data.chelsea()[50:250, 100:300], (size, size), interpolation=cv2.INTER_AREA)
+    for t in range(num_frames):
+        x = int((width - size) * t / max(1, num_frames - 1))
+        frames[t, height // 3: height // 3 + size, x: x + size] = texture
+    return frames
+
+
+@pytest.fixture
+def square_frames() -> Callable[..., np.ndarray]:
+    return moving_square_frames
+
+
+@pytest.fixture
+def write_video(tmp_path: Path) -> Callable[..., Path]:
+    def write(name: str, frames: np.ndarray, fps: float = 16.0, folder: Path | None = None) -> Path:
+        path = (folder or tmp_path) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_video(frames, fps))
+        return path
+
+    return write

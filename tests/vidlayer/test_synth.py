@@ -1,0 +1,180 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from vidlayer import synth
+from vidlayer.io.video import decode_video
+from vidlayer.synth import load_ground_truth, render_scene, synthesize
+
+SIZE = {"width": 160, "height": 96, "fps": 24.0, "seconds": 1.0}
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return [render_scene(7, index, **SIZE) for index in range(6)]
+
+
+def over(foregrounds, alphas, background):
+    """Reference composite, layer 0 on top, written out independently of the module."""
+    out = background.astype(np.float64)
+    for k in reversed(range(len(alphas))):
+        a = alphas[k][..., None].astype(np.float64)
+        out = a * foregrounds[k] + (1 - a) * out
+    return out
+
+
+def test_same_arguments_give_identical_arrays_and_other_seeds_differ(scenes):
+    again = render_scene(7, 0, **SIZE)
+    first = scenes[0]
+    for name in ("full", "background", "foregrounds", "alphas", "camera"):
+        assert np.array_equal(getattr(first, name), getattr(again, name)), name
+    assert again.captions == first.captions and again.key == "synth-0007-0000"
+    other = render_scene(8, 0, **SIZE)
+    assert other.full.shape == first.full.shape and not np.array_equal(other.full, first.full)
+
+
+def test_shapes_and_types(scenes):
+    for scene in scenes:
+        k = len(scene.alphas)
+        assert scene.full.shape == scene.background.shape == (24, 96, 160, 3)
+        assert scene.foregrounds.shape == (k, 24, 96, 160, 3) and scene.foregrounds.dtype == np.uint8
+        assert scene.alphas.dtype == np.float32 and scene.alphas.min() >= 0 and scene.alphas.max() <= 1
+        assert scene.camera.shape == (24, 3, 3) and scene.camera.dtype == np.float64
+        assert np.allclose(scene.camera[0], np.eye(3))
+        assert len(scene.captions["foreground"]) == k and scene.fps == 24.0
+
+
+def test_full_is_the_over_composite_of_the_layers(scenes):
+    for scene in scenes:
+        error = np.abs(over(scene.foregrounds, scene.alphas, scene.background) - scene.full)
+        assert error.mean() < 0.3 and error.max() <= 0.5 + 1e-3
+
+
+def test_every_layer_has_a_soft_visible_matte_in_every_frame(scenes):
+    for scene in scenes:
+        for alpha in scene.alphas:
+            soft = (alpha > 0) & (alpha < 1)
+            assert soft.mean() > 0.001, "edges are feathered"
+            assert (alpha == 1).any(), "the interior is opaque"
+            assert alpha.reshape(len(alpha), -1).max(axis=1).min() > 0, "never wholly out of frame or hidden"
+            assert 0.003 < alpha.mean() < 0.5
+
+
+def test_foregrounds_are_filled_with_texture_where_alpha_is_zero(scenes):
+    for scene in scenes:
+        for colour, alpha in zip(scene.foregrounds, scene.alphas):
+            outside = colour[alpha == 0]
+            assert outside.std() > 5, "not a flat fill"
+
+
+def centroid(alpha):
+    ys, xs = np.mgrid[: alpha.shape[0], : alpha.shape[1]]
+    return np.array([(xs * alpha).sum(), (ys * alpha).sum()]) / alpha.sum()
+
+
+def test_foregrounds_move(scenes):
+    for scene in scenes:
+        for alpha in scene.alphas:
+            path = np.array([centroid(a) for a in alpha])
+            assert np.linalg.norm(path - path[0], axis=1).max() > 1.0
+
+
+def test_ground_truth_camera_explains_the_background_motion(scenes):
+    moving = [s for s in scenes if np.abs(s.camera[-1] - np.eye(3)).max() > 0.05]
+    assert moving, "some clip in the set should move its camera"
+    for scene in moving:
+        first, last = scene.background[0], scene.background[-1].astype(float)
+        height, width = first.shape[:2]
+        predicted = cv2.warpPerspective(first, scene.camera[-1], (width, height), flags=cv2.INTER_LINEAR).astype(float)
+        inside = cv2.warpPerspective(np.ones((height, width), np.uint8), scene.camera[-1], (width, height)) > 0
+        inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        assert inside.mean() > 0.3
+        warped_error = np.abs(predicted - last)[inside].mean()
+        still_error = np.abs(first.astype(float) - last)[inside].mean()
+        assert warped_error < 8 and warped_error < 0.5 * still_error
+
+
+def test_an_occluder_in_the_background_cuts_into_the_foreground_matte(monkeypatch):
+    monkeypatch.setattr(synth, "OCCLUDER_CHANCE", 0.0)
+    clear = render_scene(3, 1, num_foregrounds=1, **SIZE)
+    monkeypatch.setattr(synth, "OCCLUDER_CHANCE", 1.0)
+    occluded = render_scene(3, 1, num_foregrounds=1, **SIZE)
+    assert np.all(occluded.alphas <= clear.alphas + 1e-6)
+    assert (clear.alphas - occluded.alphas).max() > 0.5
+    assert not np.array_equal(clear.background, occluded.background)
+    assert "in the foreground" in occluded.captions["background"]
+
+
+def test_number_of_foregrounds_can_be_fixed():
+    assert render_scene(1, 0, num_foregrounds=3, **SIZE).alphas.shape[0] == 3
+    empty = render_scene(1, 0, num_foregrounds=0, **SIZE)
+    assert empty.alphas.shape[0] == 0 and np.array_equal(empty.full, empty.background)
+
+
+def test_captions_describe_every_layer(scenes):
+    for scene in scenes:
+        captions = scene.captions
+        texts = [captions["full"], captions["background"], *captions["foreground"]]
+        assert all(isinstance(text, str) and text for text in texts)
+        assert all(layer in captions["full"] for layer in captions["foreground"])
+        assert "camera" in captions["full"] and "camera" in captions["background"]
+    assert len({s.captions["full"] for s in scenes}) == len(scenes)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"width": 161}, "even"),
+    ({"height": 16}, "at least 32"),
+    ({"seconds": 0.04}, "at least 2 frames"),
+    ({"fps": 0}, "positive"),
+    ({"num_foregrounds": 9}, "num_foregrounds"),
+])
+def test_bad_arguments_are_refused_clearly(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        render_scene(0, 0, **{**SIZE, **arguments})
+
+
+def test_synthesize_refuses_zero_clips(tmp_path):
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        synthesize(tmp_path, 0)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_synthesize_writes_raw_clips_captions_and_ground_truth(tmp_path):
+    keys = synthesize(tmp_path, 2, seed=5, progress=False, **SIZE)
+    assert keys == ["synth-0005-0000", "synth-0005-0001"]
+    raw = tmp_path / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        [f"{keys[0]}.mp4", f"{keys[0]}.json", f"{keys[1]}.mp4", f"{keys[1]}.txt"])
+    assert not [p for p in tmp_path.rglob(".*")], "no temporary files left behind"
+
+    for index, key in enumerate(keys):
+        scene = render_scene(5, index, **SIZE)
+        if index % 2 == 0:
+            sidecar = json.loads((raw / f"{key}.json").read_text())
+            assert sidecar == {"caption": scene.captions["full"], "fg_caption": scene.captions["foreground"],
+                               "bg_caption": scene.captions["background"]}
+        else:
+            assert (raw / f"{key}.txt").read_text().strip() == scene.captions["full"]
+
+        video = decode_video(raw / f"{key}.mp4")
+        assert video.shape == scene.full.shape
+        mse = ((video.astype(float) - scene.full) ** 2).mean()
+        assert 10 * np.log10(255 ** 2 / mse) > 28, "lossy, but the same clip"
+
+        folder = tmp_path / "gt" / key
+        k = len(scene.alphas)
+        layer_files = {f"{kind}{i}.mp4" for i in range(k) for kind in ("fg", "alpha")}
+        expected = {"full.mp4", "background.mp4", "layers.json"} | layer_files
+        assert {p.name for p in folder.iterdir()} == expected
+        layers = json.loads((folder / "layers.json").read_text())
+        assert layers["num_frames"] == 24 and (layers["width"], layers["height"]) == (160, 96)
+        assert layers["num_foregrounds"] == k and layers["key"] == key and layers["fps"] == 24.0
+
+        truth = load_ground_truth(folder)
+        assert truth.key == key and truth.captions == scene.captions
+        assert np.array_equal(truth.full, scene.full) and np.array_equal(truth.background, scene.background)
+        assert np.array_equal(truth.foregrounds, scene.foregrounds)
+        assert np.array_equal(truth.alphas, scene.alphas)
+        assert np.allclose(truth.camera, scene.camera)

@@ -1,0 +1,209 @@
+"""Running the stages over inputs: in this process, or on Ray.
+
+The unit of work is a `Task`: one input and the clips cut from it so far. A `StageChain`
+runs consecutive stages over a task; on Ray, stages with the same resource needs are fused
+into one chain per actor (frames cross process boundaries only where resources change, e.g.
+between CPU stages and a GPU model), and each chain becomes a Ray Data actor pool, which gives
+streaming back-pressure between them. Stage errors never escape a chain: a clip that raises
+becomes a failed outcome. A worker process that dies (segfault, out of memory) loses the tasks
+it held; the Ray executor notices the missing inputs and retries them once before giving up
+on them as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import traceback
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from vidlayer.clip import Captions, Clip, Drop, InputItem, Outcome, Status
+from vidlayer.config import Pipeline, StageSpec
+from vidlayer.stages.base import Resources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Task:
+    item: InputItem
+    clips: list[Clip] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+def start_task(item: InputItem, require_caption: bool) -> Task:
+    """The task for an input; one rejected before any video is opened is already finished."""
+    if item.reject_reason:
+        return Task(item, outcomes=[Outcome(item.key, Status.DROPPED, "input", item.reject_reason, item.reject_message)])
+    if require_caption and not item.caption:
+        message = "no caption: add NAME.txt or NAME.json beside the video, or a caption column to the manifest"
+        return Task(item, outcomes=[Outcome(item.key, Status.DROPPED, "input", "missing_caption", message)])
+    captions = Captions(full=item.caption or "", foreground=list(item.fg_captions), background=item.bg_caption)
+    clip = Clip(key=item.key, input_key=item.key, path=item.path, source=item.source, captions=captions)
+    return Task(item, clips=[clip])
+
+
+class StageChain:
+    """Consecutive stages, set up once per worker, applied to one task at a time."""
+
+    def __init__(self, specs: list[StageSpec], final: bool):
+        self.stages = [spec.build() for spec in specs]
+        self.final = final
+        for stage in self.stages:
+            stage.setup()
+
+    def __call__(self, task: Task) -> Task:
+        for stage in self.stages:
+            survivors: list[Clip] = []
+            for clip in task.clips:
+                survivors.extend(self._apply(stage, clip, task))
+            task.clips = survivors
+        if self.final:
+            task.outcomes.extend(Outcome(c.key, Status.WRITTEN, clip=c) for c in task.clips)
+            task.clips = []
+        return task
+
+    @staticmethod
+    def _apply(stage, clip: Clip, task: Task) -> list[Clip]:
+        start = time.perf_counter()
+        try:
+            result = stage.process(clip)
+        except Drop as drop:
+            clip.timings[stage.stage] = time.perf_counter() - start
+            task.outcomes.append(Outcome(clip.key, Status.DROPPED, stage.stage, drop.reason, drop.message, clip=_light(clip)))
+            return []
+        except Exception as error:  # a bug or an unforeseen input: record it, keep the build going
+            clip.timings[stage.stage] = time.perf_counter() - start
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            message = f"{type(error).__name__}: {error} (at {os.path.basename(where.filename)}:{where.lineno})"
+            task.outcomes.append(Outcome(clip.key, Status.FAILED, stage.stage, "error", message, clip=_light(clip)))
+            return []
+        clips = result if isinstance(result, list) else [result]
+        elapsed = time.perf_counter() - start
+        for c in clips:
+            c.timings[stage.stage] = c.timings.get(stage.stage, 0.0) + elapsed / len(clips)
+        return clips
+
+
+def _light(clip: Clip) -> Clip:
+    """The clip without its arrays: an outcome only needs captions, metrics and timings."""
+    clip.proxy = clip.frames = clip.masks = clip.motion = clip.alphas = clip.background = clip.foregrounds = None
+    return clip
+
+
+def stage_groups(specs: list[StageSpec]) -> list[list[StageSpec]]:
+    """Consecutive stages with equal GPU needs share a worker; CPU-only stages fuse together."""
+    groups: list[list[StageSpec]] = []
+    for spec in specs:
+        if groups and groups[-1][-1].resources.gpus == spec.resources.gpus:
+            groups[-1].append(spec)
+        else:
+            groups.append([spec])
+    return groups
+
+
+def group_resources(group: list[StageSpec]) -> Resources:
+    return Resources(cpus=max(s.resources.cpus for s in group), gpus=max(s.resources.gpus for s in group))
+
+
+class InlineExecutor:
+    """Runs everything in this process, one input at a time: for debugging and small jobs."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.chain = StageChain(pipeline.stages, final=True)
+
+    def run(self, tasks: Iterable[Task]) -> Iterator[Task]:
+        for task in tasks:
+            yield self.chain(task)
+
+    def close(self) -> None:
+        pass
+
+
+class ChainWorker:
+    """A Ray Data actor: one StageChain, fed pickled tasks one at a time."""
+
+    def __init__(self, specs: list[StageSpec], final: bool):
+        self.chain = StageChain(specs, final)
+
+    def __call__(self, batch: dict) -> dict:
+        return {"task": [pickle.dumps(self.chain(pickle.loads(blob))) for blob in batch["task"]]}
+
+
+class RayExecutor:
+    """Runs the stage groups as Ray Data actor pools on a local Ray or an existing cluster."""
+
+    def __init__(self, pipeline: Pipeline, workers: int, address: str | None = None, attempts: int = 2):
+        import ray
+
+        self.pipeline = pipeline
+        self.workers = workers
+        self.attempts = attempts
+        self.groups = stage_groups(pipeline.stages)
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            # Ray's C++ core logs routine notices as errors on the console; its log files keep them.
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+            options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+            if address:
+                ray.init(address=address, **options)
+            else:
+                # A local Ray gets room for every requested worker, even beyond the core count.
+                needed = max(group_resources(g).cpus for g in self.groups) * workers
+                ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), **options)
+        import ray.data
+
+        # Lost blocks are the driver's business (it retries them), not console errors.
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.max_errored_blocks = -1  # a dead worker loses its block, not the whole build
+
+    def run(self, tasks: Iterable[Task]) -> Iterator[Task]:
+        pending = {t.item.key: t for t in tasks}
+        for attempt in range(1, self.attempts + 1):
+            if not pending:
+                return
+            for task in self._run_once(list(pending.values())):
+                pending.pop(task.item.key, None)
+                yield task
+            if pending:
+                log.warning("%d input(s) were lost with a worker (attempt %d of %d)", len(pending), attempt, self.attempts)
+        for task in pending.values():
+            message = f"the worker process died {self.attempts} times while processing it (crash or out of memory)"
+            task.outcomes.append(Outcome(task.item.key, Status.FAILED, "worker", "worker_lost", message))
+            task.clips = []
+            yield task
+
+    def _run_once(self, tasks: list[Task]) -> Iterator[Task]:
+        import ray.data
+
+        ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+        for i, group in enumerate(self.groups):
+            resources = group_resources(group)
+            with warnings.catch_warnings():
+                # Ray Data has no named parameter for max_task_retries yet (pyproject pins ray < 2.64).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ds = ds.map_batches(
+                    ChainWorker,
+                    fn_constructor_kwargs={"specs": group, "final": i == len(self.groups) - 1},
+                    batch_size=1,
+                    compute=ray.data.ActorPoolStrategy(size=self.workers),
+                    num_cpus=resources.cpus,
+                    num_gpus=resources.gpus,
+                    # A task that killed its worker is not retried there (Ray Data's default is
+                    # forever): the driver retries lost inputs a bounded number of times instead.
+                    max_task_retries=0,
+                )
+        for row in ds.iter_rows():
+            yield pickle.loads(row["task"])
+
+    def close(self) -> None:
+        import ray
+
+        if self.started_ray:
+            ray.shutdown()
