@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import skimage.data
 
+from vidlayer.build import build
+from vidlayer.config import load_pipeline
 from vidlayer.io.video import encode_video
+from vidlayer.synth import synthesize
 
 
 def moving_square_frames(num_frames: int = 24, width: int = 320, height: int = 240, scene: str = "coffee") -> np.ndarray:
@@ -39,3 +42,28 @@ def write_video(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+# Small clips and windows keep each build to seconds.
+SMALL_PIPELINE = ["window.num_frames=17", "window.short_side=240", "output.shard_max_samples=2", "write.preset=veryfast"]
+
+
+@pytest.fixture(scope="session")
+def small() -> list[str]:
+    """Overrides of the default pipeline for test-sized builds."""
+    return list(SMALL_PIPELINE)
+
+
+@pytest.fixture(scope="session")
+def raw(tmp_path_factory) -> Path:
+    """Three `vidlayer synth` clips with captions, 428x240, 1.5 s."""
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, 3, seed=11, width=428, height=240, seconds=1.5, progress=False)
+    return out / "raw"
+
+
+@pytest.fixture(scope="session")
+def inline_build(raw, tmp_path_factory):
+    """The default pipeline (small overrides) run in-process over `raw`: (output folder, summary)."""
+    out = tmp_path_factory.mktemp("build") / "out"
+    return out, build(raw, out, load_pipeline("default", SMALL_PIPELINE), executor="inline")

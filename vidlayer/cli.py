@@ -73,6 +73,8 @@ def build(
     except (PipelineError, InputError, BuildError) as e:
         raise fail(str(e)) from None
     table = Table(title=f"build of {summary.output}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
     table.add_row("inputs", ", ".join(f"{v} {k}" for k, v in sorted(summary.inputs.items())) or "none")
     table.add_row("samples", ", ".join(f"{v} {k}" for k, v in sorted(summary.samples.items())) or "none")
     if summary.reasons:
@@ -108,7 +110,7 @@ def inspect(
     if as_json:
         console.print_json(json.dumps([describe(s) for s in samples]))
     else:
-        console.print(samples_table(samples, title=f"{shard} ({len(samples)} samples)"))
+        console.print(samples_table(samples, title=f"{shard} ({len(samples)} samples)", width=console.width))
     if render is not None or sample is not None:
         try:
             chosen = find_sample(samples, sample)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import sys
 import time
 import traceback
 import warnings
@@ -51,6 +52,7 @@ class StageChain:
     """Consecutive stages, set up once per worker, applied to one task at a time."""
 
     def __init__(self, specs: list[StageSpec], final: bool):
+        limit_threads(max(1, int(group_resources(specs).cpus)))
         self.stages = [spec.build() for spec in specs]
         self.final = final
         for stage in self.stages:
@@ -87,6 +89,15 @@ class StageChain:
         for c in clips:
             c.timings[stage.stage] = c.timings.get(stage.stage, 0.0) + elapsed / len(clips)
         return clips
+
+
+def limit_threads(threads: int) -> None:
+    """Keep each worker to its share of cores: N workers should not each start a thread per core."""
+    import cv2
+
+    cv2.setNumThreads(threads)
+    if "torch" in sys.modules:  # model-backed stages import torch; the weights-free ones need not pay for it
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def _light(clip: Clip) -> Clip:
@@ -192,7 +203,7 @@ class RayExecutor:
                     ChainWorker,
                     fn_constructor_kwargs={"specs": group, "final": i == len(self.groups) - 1},
                     batch_size=1,
-                    compute=ray.data.ActorPoolStrategy(size=self.workers),
+                    compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(tasks))),
                     num_cpus=resources.cpus,
                     num_gpus=resources.gpus,
                     # A task that killed its worker is not retried there (Ray Data's default is

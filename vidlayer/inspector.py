@@ -25,27 +25,31 @@ def describe(sample: dict[str, Any]) -> dict[str, Any]:
     return {"key": sample["__key__"], "members": members, **sample.get("json", {})}
 
 
-def samples_table(samples: list[dict[str, Any]], title: str, caption_width: int = 48) -> Table:
-    table = Table(title=title)
-    table.add_column("key", no_wrap=True)
-    table.add_column("frames x size @ fps")
-    table.add_column("fg", justify="right")
-    table.add_column("captions (full / fg / bg; * derived)", no_wrap=True)
-    for name in TABLE_METRICS:
-        table.add_column(METRIC_LABELS[name], justify="right")
+def samples_table(samples: list[dict[str, Any]], title: str, width: int = 160) -> Table:
+    """One row per sample: key and format, the three captions, the quality numbers.
+
+    Cells stack their details on lines, so the table fits a narrow terminal; only the
+    captions are cut short there, never the numbers.
+    """
+    table = Table(title=title, caption="captions: full / foreground / background; * derived by the pipeline")
+    longest_key = max((len(s["__key__"]) for s in samples), default=3)
+    caption_width = max(12, min(70, width - max(longest_key, 24) - 15 - 14))
+    table.add_column("sample", no_wrap=True)
+    table.add_column("captions", no_wrap=True)
+    table.add_column("quality", no_wrap=True)
     for sample in samples:
         meta = sample.get("json", {})
         captions = meta.get("captions", {})
         derived = meta.get("captions_derived", {})
-        lines = [captions.get("full", ""), " | ".join(captions.get("foreground", [])) + ("*" if derived.get("foreground") else ""),
+        lines = [captions.get("full", ""),
+                 " | ".join(captions.get("foreground", [])) + ("*" if derived.get("foreground") else ""),
                  (captions.get("background") or "") + ("*" if derived.get("background") else "")]
         metrics = meta.get("metrics", {})
         table.add_row(
-            sample["__key__"],
-            f"{meta.get('frames', '?')} x {meta.get('width', '?')}x{meta.get('height', '?')} @ {meta.get('fps', 0):g}",
-            str(meta.get("num_foregrounds", "?")),
+            f"{sample['__key__']}\n{meta.get('frames', '?')} x {meta.get('width', '?')}x{meta.get('height', '?')}"
+            f" @ {meta.get('fps', 0):g} fps\n{meta.get('num_foregrounds', '?')} foreground layer(s)",
             "\n".join(_shorten(line, caption_width) for line in lines),
-            *(f"{metrics[m]:.3f}" if m in metrics else "-" for m in TABLE_METRICS),
+            "\n".join(f"{METRIC_LABELS[m]:<9} {metrics[m]:.3f}" for m in TABLE_METRICS if m in metrics),
         )
     return table
 

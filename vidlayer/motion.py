@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from vidlayer.clip import Motion
+from vidlayer.clip import Clip, Motion
 
 FIT_STEP = 6  # flow sampled every this many working pixels for the homography fit
 FIT_THRESHOLD = 1.0  # RANSAC inlier distance, working pixels
@@ -152,3 +152,10 @@ def invert_flow(flow: np.ndarray, iterations: int = 3) -> np.ndarray:
     for _ in range(iterations):
         inverse = -backward_warp(flow, inverse)
     return inverse
+
+
+def motion_of(clip: Clip) -> Motion:
+    """The clip's motion, estimated here when no earlier stage did (so each stage also runs alone)."""
+    if clip.motion is None:
+        clip.motion = estimate_motion(clip.frames)
+    return clip.motion

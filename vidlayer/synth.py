@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vidlayer.io.video import decode_video, encode_video
+from vidlayer.layers import composite
 
 SHUTTER = 0.5  # fraction of the frame interval the virtual shutter is open (a 180 degree shutter)
 BLUR_SAMPLES = 5  # sub-frame renders averaged into each frame's motion blur
@@ -529,14 +530,6 @@ def quantise_alpha(alpha: np.ndarray) -> np.ndarray:
     return np.rint(alpha * 255).astype(np.float32) / 255
 
 
-def over_composite(foregrounds: np.ndarray, alphas: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """full = a0 F0 + (1 - a0)(a1 F1 + (1 - a1)(... B)), layer 0 on top, rounded to uint8."""
-    out = background.astype(np.float32)
-    for colour, alpha in zip(foregrounds[::-1], alphas[::-1]):
-        out += alpha[..., None] * (colour - out)
-    return to_uint8(out)
-
-
 def clip_length(width: int, height: int, fps: float, seconds: float) -> int:
     """Number of frames, after checking that the size and duration make an encodable clip."""
     if width < 32 or height < 32 or width % 2 or height % 2:
@@ -572,7 +565,7 @@ def render_layers(sprites: list[Sprite], canvas: np.ndarray, origin: np.ndarray,
             alphas[k, t] = quantise_alpha(alpha * uncovered)
             foregrounds[k, t] = to_uint8(colour)
             uncovered *= 1 - alpha
-        full[t] = over_composite(foregrounds[:, t], alphas[:, t], background[t])
+        full[t] = to_uint8(composite(foregrounds[:, t], alphas[:, t], background[t]))
     return full, background, foregrounds, alphas
 
 

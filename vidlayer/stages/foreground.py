@@ -28,9 +28,8 @@ import cv2
 import numpy as np
 
 from vidlayer.clip import Clip
+from vidlayer.layers import composite, visible_coverage
 from vidlayer.stages.base import Resources, Stage, register
-from vidlayer.stages.matte import visible_coverage
-from vidlayer.stages.quality import composite
 
 GUESS_SHARPNESS = 32  # coverage^this weighs a pixel for the first guess: 0.9 counts 3%, 0.8 nothing
 
@@ -47,9 +46,6 @@ class UnmixForeground(Stage):
     backend = "unmix"
     Params = UnmixForegroundParams
     default_resources = Resources(cpus=1)
-
-    def setup(self) -> None:
-        cv2.setNumThreads(max(1, int(self.resources.cpus)))
 
     def process(self, clip: Clip) -> Clip:
         p: UnmixForegroundParams = self.params

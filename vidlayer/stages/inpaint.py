@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 
 from vidlayer.clip import Clip
-from vidlayer.motion import chain_homographies, normalise, warp_to
+from vidlayer.morphology import disk, padded_box
+from vidlayer.motion import chain_homographies, motion_of, normalise, warp_to
 from vidlayer.stages.base import Resources, Stage, register
-from vidlayer.stages.matte import disk, motion_of, padded_box
 
 
 @dataclass
@@ -45,9 +45,6 @@ class PropagateInpaint(Stage):
     backend = "propagate"
     Params = PropagateInpaintParams
     default_resources = Resources(cpus=1)
-
-    def setup(self) -> None:
-        cv2.setNumThreads(max(1, int(self.resources.cpus)))
 
     def process(self, clip: Clip) -> Clip:
         p: PropagateInpaintParams = self.params

@@ -31,7 +31,9 @@ import cv2
 import numpy as np
 
 from vidlayer.clip import Clip, Motion
-from vidlayer.motion import backward_warp, estimate_motion, invert_flow, residual_flow
+from vidlayer.layers import visible_coverage
+from vidlayer.morphology import disk, padded_box
+from vidlayer.motion import backward_warp, invert_flow, motion_of, residual_flow
 from vidlayer.stages.base import Resources, Stage, register
 
 
@@ -54,9 +56,6 @@ class GuidedMatte(Stage):
     backend = "guided"
     Params = GuidedMatteParams
     default_resources = Resources(cpus=1)
-
-    def setup(self) -> None:
-        cv2.setNumThreads(max(1, int(self.resources.cpus)))
 
     def process(self, clip: Clip) -> Clip:
         p: GuidedMatteParams = self.params
@@ -98,18 +97,6 @@ class GuidedMatte(Stage):
         return alpha, band
 
 
-def motion_of(clip: Clip) -> Motion:
-    """The clip's motion, estimated here when no earlier stage did (so each stage also runs alone)."""
-    if clip.motion is None:
-        clip.motion = estimate_motion(clip.frames)
-    return clip.motion
-
-
-def disk(radius: int) -> np.ndarray:
-    """Round structuring element of the given radius."""
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
 def layer_speeds(masks: np.ndarray, motion: Motion) -> np.ndarray:
     """[K, T] median motion of each layer relative to the camera, full-resolution pixels per frame."""
     residual = np.linalg.norm(residual_flow(motion), axis=-1) / motion.scale
@@ -121,13 +108,6 @@ def layer_speeds(masks: np.ndarray, motion: Motion) -> np.ndarray:
         if small.any():
             speeds[k, t] = np.median(residual[t][small])
     return speeds
-
-
-def padded_box(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of the mask's bounding box grown by `pad`, clipped to the frame."""
-    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
-    height, width = mask.shape
-    return max(0, y - pad), min(height, y + h + pad), max(0, x - pad), min(width, x + w + pad)
 
 
 def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
@@ -203,12 +183,3 @@ def crop_flow(flow: np.ndarray, scale: float, size: tuple[int, int], box: tuple[
     full = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1] / scale
     return full + np.array([x0, y0], np.float32)
 
-
-def visible_coverage(alphas: np.ndarray) -> np.ndarray:
-    """[K, ...] share of each pixel that each layer shows with layer 0 on top: a_k (1 - a_0) ... (1 - a_(k-1))."""
-    coverage = np.empty_like(alphas)
-    uncovered = np.ones(alphas.shape[1:], alphas.dtype)
-    for k, alpha in enumerate(alphas):
-        coverage[k] = alpha * uncovered
-        uncovered -= coverage[k]
-    return coverage

@@ -1,7 +1,8 @@
 """The quality gate: measure the decomposition, drop clips whose layers would teach the wrong thing.
 
-- composite error: mean |full - over(foregrounds, alphas, background)| (0..1) where any alpha
-  is non-zero; the layers must add back up to the video they came from.
+- composite error: mean |full - over(foregrounds, alphas, background)| (0..1), over the whole
+  frame and over the pixels a foreground touches (where the whole-frame mean would dilute an
+  error); the layers must add back up to the video they came from.
 - alpha coverage: mean share of the frame the foregrounds cover; a sliver or a wall-to-wall
   matte means the segmenter found no real subject.
 - alpha flicker: frame-to-frame change of the matte after following the motion, relative to
@@ -17,13 +18,15 @@ import cv2
 import numpy as np
 
 from vidlayer.clip import Clip, Drop
-from vidlayer.motion import backward_warp
+from vidlayer.layers import composite
+from vidlayer.motion import backward_warp, motion_of
 from vidlayer.stages.base import Resources, Stage, register
 
 
 @dataclass
 class QualityParams:
-    max_composite_error: float = 0.03
+    max_composite_error: float = 0.01  # whole frame
+    max_composite_error_fg: float = 0.03  # pixels with a foreground
     min_coverage: float = 0.005
     max_coverage: float = 0.85
     max_flicker: float = 0.25
@@ -39,16 +42,20 @@ class QualityGate(Stage):
 
     def process(self, clip: Clip) -> Clip:
         p: QualityParams = self.params
+        whole, fg = composite_errors(clip.frames, clip.foregrounds, clip.alphas, clip.background)
         metrics = {
-            "quality_composite_error": composite_error(clip.frames, clip.foregrounds, clip.alphas, clip.background),
+            "quality_composite_error": whole,
+            "quality_composite_error_fg": fg,
             "quality_alpha_coverage": float(clip.alphas.sum(axis=0).mean()),
-            "quality_alpha_flicker": alpha_flicker(clip.alphas.sum(axis=0), clip.motion.flow),
+            "quality_alpha_flicker": alpha_flicker(clip.alphas.sum(axis=0), motion_of(clip).flow),
         }
         clip.metrics.update(metrics)
         confidence = clip.metrics.get("segment_confidence", 1.0)
         checks = [
-            (metrics["quality_composite_error"] > p.max_composite_error, "composite_error",
-             f"layers recomposite with error {metrics['quality_composite_error']:.4f} > {p.max_composite_error}"),
+            (whole > p.max_composite_error, "composite_error",
+             f"layers recomposite with error {whole:.4f} > {p.max_composite_error} over the frame"),
+            (fg > p.max_composite_error_fg, "composite_error",
+             f"layers recomposite with error {fg:.4f} > {p.max_composite_error_fg} where a foreground is"),
             (metrics["quality_alpha_coverage"] < p.min_coverage, "coverage_too_low",
              f"foreground covers {metrics['quality_alpha_coverage']:.4f} of the frame < {p.min_coverage}"),
             (metrics["quality_alpha_coverage"] > p.max_coverage, "coverage_too_high",
@@ -64,22 +71,12 @@ class QualityGate(Stage):
         return clip
 
 
-def composite(foregrounds: np.ndarray, alphas: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Layer 0 on top: over(F0, a0, over(F1, a1, ... B)), float32 in 0..255."""
-    out = background.astype(np.float32)
-    for fg, alpha in zip(foregrounds[::-1], alphas[::-1]):
-        a = alpha[..., None]
-        out = a * fg + (1 - a) * out
-    return out
-
-
-def composite_error(full: np.ndarray, foregrounds: np.ndarray, alphas: np.ndarray, background: np.ndarray) -> float:
-    """Mean absolute recomposite error (0..1) over the pixels any foreground touches."""
+def composite_errors(full: np.ndarray, foregrounds: np.ndarray, alphas: np.ndarray,
+                     background: np.ndarray) -> tuple[float, float]:
+    """Mean absolute recomposite error (0..1) over the frame and over the pixels a foreground touches."""
+    error = np.abs(composite(foregrounds, alphas, background) - full).mean(axis=-1) / 255
     region = alphas.max(axis=0) > 1e-3
-    if not region.any():
-        return 0.0
-    error = np.abs(composite(foregrounds, alphas, background) - full).mean(axis=-1)
-    return float(error[region].mean() / 255)
+    return float(error.mean()), float(error[region].mean()) if region.any() else 0.0
 
 
 def alpha_flicker(alpha: np.ndarray, flow: np.ndarray) -> float:

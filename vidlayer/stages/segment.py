@@ -34,6 +34,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from vidlayer.clip import Clip, Drop, Motion
+from vidlayer.morphology import disk, padded_box
 from vidlayer.motion import backward_warp, camera_flow, estimate_motion, invert_flow, working_grey
 from vidlayer.stages.base import Resources, Stage, register
 
@@ -70,9 +71,6 @@ class MotionSegmenter(Stage):
     backend = "motion"
     Params = MotionSegmentParams
     default_resources = Resources(cpus=1)
-
-    def setup(self) -> None:
-        cv2.setNumThreads(max(1, int(self.resources.cpus)))
 
     def process(self, clip: Clip) -> Clip:
         p: MotionSegmentParams = self.params
@@ -175,7 +173,7 @@ def label_regions(moving: np.ndarray, camera_error: np.ndarray, flow_error: np.n
     in brightness (support below `min_support`): flow drifting over textureless or repetitive
     surfaces looks the same whether it follows the camera or the flow.
     """
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    kernel = disk(1)
     labels = np.empty(moving.shape, np.int32)
     for t, mask in enumerate(moving.astype(np.uint8)):
         count, regions = cv2.connectedComponents(cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel), connectivity=8)
@@ -371,7 +369,7 @@ def trusted_cores(coarse: np.ndarray, explained: np.ndarray, radius: int) -> np.
     change in brightness, with gaps up to `radius` closed and holes filled (a subject's plain inside
     changes little but is enclosed by an outline that does). What is left, typically flow that bled
     into textureless background, is for the colours to decide."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    kernel = disk(radius)
     cores = np.zeros_like(coarse)
     for k, t in np.ndindex(coarse.shape[:2]):
         closed = cv2.morphologyEx((coarse[k, t] & explained[t]).astype(np.uint8), cv2.MORPH_CLOSE, kernel)
@@ -403,15 +401,13 @@ def grabcut_band(frame: np.ndarray, rough: np.ndarray, trusted: np.ndarray, othe
     """
     if not rough.any():
         return rough
-    x, y, w, h = cv2.boundingRect(rough.astype(np.uint8))
-    x0, y0 = max(0, x - 2 * band), max(0, y - 2 * band)
-    x1, y1 = min(frame.shape[1], x + w + 2 * band), min(frame.shape[0], y + h + 2 * band)
+    y0, y1, x0, x1 = padded_box(rough, 2 * band)
     scale = min(1.0, np.sqrt(max_pixels / ((x1 - x0) * (y1 - y0))))
     size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
     shrink = lambda mask: cv2.resize(mask[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
     inside, core = shrink(rough).astype(np.uint8), shrink(trusted)
     reach = max(2, round(band * scale))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+    kernel = disk(reach)
     trimap = np.full(inside.shape, cv2.GC_BGD, np.uint8)
     trimap[cv2.dilate(inside, kernel) > 0] = cv2.GC_PR_BGD
     trimap[core] = cv2.GC_PR_FGD

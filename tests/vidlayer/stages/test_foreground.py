@@ -5,7 +5,8 @@ import skimage.data
 
 from vidlayer.clip import Captions, Clip
 from vidlayer.stages.foreground import UnmixForeground, UnmixForegroundParams
-from vidlayer.stages.quality import composite, composite_error
+from vidlayer.layers import composite
+from vidlayer.stages.quality import composite_errors
 from vidlayer.synth import render_scene
 
 H, W, T = 96, 160, 9
@@ -43,7 +44,7 @@ def test_layers_recomposite_to_the_video_and_keep_their_colours():
     colours, alphas, background = two_discs()
     frames = np.rint(composite(colours, alphas, background)).astype(np.uint8)
     foregrounds = unmix(frames, alphas, background)
-    assert composite_error(frames, foregrounds, alphas, background) < 0.002
+    assert composite_errors(frames, foregrounds, alphas, background)[1] < 0.002
     for k, colour in enumerate((YELLOW, BLUE)):
         seen = alphas[k] > 0.5
         assert np.abs(foregrounds[k][seen] - colour).max() <= 2
@@ -86,7 +87,7 @@ def test_frames_without_the_layer_borrow_its_nearest_colours():
 def test_rendered_scenes_unmix_to_their_true_colours(index):
     scene = render_scene(0, index, width=256, height=144, fps=16.0, seconds=1.0)
     foregrounds = unmix(scene.full, scene.alphas, scene.background)
-    assert composite_error(scene.full, foregrounds, scene.alphas, scene.background) < 0.003
+    assert composite_errors(scene.full, foregrounds, scene.alphas, scene.background)[1] < 0.003
     opaque = scene.alphas > 0.5
     assert np.abs(foregrounds.astype(float) - scene.foregrounds)[opaque].mean() < 1.5
     assert (foregrounds.max(axis=-1) > 10)[scene.alphas == 0].mean() > 0.98, "no black fill"
