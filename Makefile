@@ -6,7 +6,16 @@ INSTALLED := $(VENV)/.installed
 DEMO ?= demo
 WORKERS ?= 2
 
-.PHONY: install test demo bench clean
+PRESET ?= tiny
+RUNS ?= runs
+# DATA, OUT, INIT, CONFIG and SET (space-separated key=value) override a stage config when given.
+TRAIN_ARGS = --preset $(PRESET) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) \
+	$(if $(INIT),--set init=$(INIT)) $(foreach s,$(SET),--set $(s))
+PROMPT ?= a red ball bounces across a wooden table in a sunny kitchen
+FG ?= a red ball bouncing
+BG ?= a wooden table in a sunny kitchen
+
+.PHONY: install test demo bench bench-model train-stage1 train-stage2 train-stage3 sample clean
 
 # torch is pinned through constraints.txt (a local CPU wheel here); pyproject.toml stays loose.
 $(INSTALLED): pyproject.toml constraints.txt
@@ -32,5 +41,22 @@ demo: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/bench_build.py
 
+# Layered vs plain Wan transformer training step; e.g. make bench-model ARGS="--preset wan2.1-t2v-1.3b --device cuda"
+bench-model: $(INSTALLED)
+	$(BIN)/python bench/bench_model.py $(ARGS)
+
+train-stage1: $(INSTALLED)
+	$(BIN)/vidlayer train $(or $(CONFIG),model/configs/stage1.yaml) $(TRAIN_ARGS)
+
+train-stage2: $(INSTALLED)
+	$(BIN)/vidlayer train $(or $(CONFIG),model/configs/stage2.yaml) $(TRAIN_ARGS)
+
+train-stage3: $(INSTALLED)
+	$(BIN)/vidlayer train $(or $(CONFIG),model/configs/stage3.yaml) $(TRAIN_ARGS)
+
+sample: $(INSTALLED)
+	$(BIN)/vidlayer sample --run $(or $(RUN),$(RUNS)/stage3) --out $(or $(OUT),$(RUNS)/sample) \
+		--prompt "$(PROMPT)" --fg "$(FG)" --bg "$(BG)" --frames 9 --height 64 --width 64 --steps 20
+
 clean:
-	rm -rf $(DEMO) bench/out
+	rm -rf $(DEMO) bench/out $(RUNS)

@@ -134,8 +134,8 @@ def parse_pipeline(raw: dict[str, Any], where: str = "pipeline") -> Pipeline:
     return Pipeline(
         name=str(raw.get("name", Path(where).stem)),
         description=str(raw.get("description", "")),
-        input=_build_dataclass(InputPolicy, raw.get("input") or {}, f"{where}: input"),
-        output=_build_dataclass(OutputPolicy, raw.get("output") or {}, f"{where}: output"),
+        input=build_dataclass(InputPolicy, raw.get("input") or {}, f"{where}: input"),
+        output=build_dataclass(OutputPolicy, raw.get("output") or {}, f"{where}: output"),
         stages=stages,
     )
 
@@ -152,12 +152,13 @@ def _parse_stage(raw: Any, where: str) -> StageSpec:
     except KeyError as e:
         raise PipelineError(f"{where}: {e.args[0]}") from None
     label = f"{where}: stage {stage}"
-    params = _build_dataclass(cls.Params, raw.get("params") or {}, label)
-    resources = _build_dataclass(Resources, raw.get("resources") or {}, label, defaults=cls.default_resources)
+    params = build_dataclass(cls.Params, raw.get("params") or {}, label)
+    resources = build_dataclass(Resources, raw.get("resources") or {}, label, defaults=cls.default_resources)
     return StageSpec(stage=stage, backend=backend, cls=cls, params=params, resources=resources)
 
 
-def _build_dataclass(cls: type, values: Any, where: str, defaults: Any = None) -> Any:
+def build_dataclass(cls: type, values: Any, where: str, defaults: Any = None) -> Any:
+    """`cls(**values)` with every key checked and every value coerced to its type hint."""
     if not isinstance(values, dict):
         raise PipelineError(f"{where}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)

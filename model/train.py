@@ -1,0 +1,419 @@
+"""One training loop for LayerT2V's three stages; the stage is configuration.
+
+- stage 1 `alpha_vae`: the alpha adapter of the frozen Wan VAE (project-in + decoder LoRA);
+- stage 2 `joint`: LayerAdaLN, routing and a DiT LoRA on one-foreground samples;
+- stage 3 `multi_foreground`: the same job continued from stage 2 on up to four foregrounds.
+
+A run folder holds `run.json` (what it was trained from, so later stages and the sampler
+find the base model and earlier adapters), `checkpoints/step-N` (resumable: weights, EMA,
+optimizer, schedule, RNG and data position), `final/` (the exported adapters, EMA weights),
+`metrics.jsonl`, `tensorboard/` and `loss.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from vidlayer.config import PipelineError, build_dataclass
+
+from .alpha import alpha_loss, alpha_metrics
+from .checkpoint import latest_checkpoint, load_checkpoint, optimizer_state, restore_optimizer, save_checkpoint
+from .data import DataConfig, LayerBatch, LayerLoader
+from .flow import flow_matching_loss, sample_tasks, task_mask
+from .plots import plot_loss_curve
+from .presets import get_preset, write_tiny_checkpoint
+from .runs import ConfigError, run_provenance
+from .text import TextEncoder
+from .transformer import LayeredWanTransformer
+from .vae import LayerVAE
+
+logger = logging.getLogger(__name__)
+Stage = Literal["alpha_vae", "joint", "multi_foreground"]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, ...] = (0.9, 0.999)
+    warmup_steps: int = 500
+    max_steps: int = 10000
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 196
+    alpha: int = 392
+
+
+@dataclass
+class TrainConfig:
+    stage: Stage
+    preset: str
+    out: str
+    data: DataConfig
+    model: str | None = None
+    init: str | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraSettings | None = None  # None on a DiT stage: full fine-tuning
+    alpha_lora_rank: int = 128
+    edge_weight: float = 1.0
+    holdout: float = 0.1
+    eval_batches: int = 4
+    tasks: dict = field(default_factory=lambda: {"joint": 1.0})
+    shift: float = 5.0
+    positions: str = "concat"
+    layer_routing: bool = True
+    ema_decay: float | None = 0.9999
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    log_every: int = 10
+    stop_after: int | None = None  # end this session at this step (checkpointed), e.g. on preemptible machines
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """What a resumed run must share with the checkpoint: everything but session limits."""
+        keep = {k: v for k, v in self.to_dict().items() if k not in ("stop_after", "out")}
+        return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_config(path: str | Path, preset: str | None = None, data: str | None = None, out: str | None = None,
+                overrides: tuple[str, ...] = ()) -> TrainConfig:
+    """YAML config -> preset section merged in -> `key.sub=value` overrides -> validated TrainConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no training config at {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    presets = raw.pop("presets", {}) or {}
+    raw["preset"] = preset or raw.get("preset")
+    _merge(raw, presets.get(raw["preset"], {}))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node.get(part), dict) or part not in node else node[part]
+        node[leaf] = yaml.safe_load(text)
+    if data is not None:
+        raw.setdefault("data", {})["shards"] = data
+    if out is not None:
+        raw["out"] = out
+    try:
+        get_preset(raw["preset"])
+        sections = {"data": DataConfig, "optim": OptimConfig, "lora": LoraSettings}
+        for name, cls in sections.items():
+            if raw.get(name) is not None:
+                raw[name] = build_dataclass(cls, raw[name], f"{path.name}: {name}")
+        return build_dataclass(TrainConfig, raw, path.name)
+    except (PipelineError, ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+class AlphaAdaptation:
+    """Stage 1: reproduce alpha mattes through the frozen VAE with a learned adapter."""
+
+    def __init__(self, config: TrainConfig, base: Path, inherited: dict[str, Any], device: torch.device) -> None:
+        self.config = config
+        self.vae = LayerVAE.from_pretrained(base).to(device)
+        self.vae.add_decoder_lora(config.alpha_lora_rank)
+        self.native = LayerVAE.from_pretrained(base).to(device)
+        self.modules = [self.vae]
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return self.vae.trainable_parameters()
+
+    def loss(self, batch: LayerBatch, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        alpha = _alphas(batch).to(self.vae.latents_mean.device)
+        return alpha_loss(model(alpha), alpha, self.config.edge_weight)
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[LayerBatch]) -> dict[str, Any]:
+        """Adapted vs native VAE on held-out mattes."""
+        truth = [_alphas(b).to(self.vae.latents_mean.device) for b in batches]
+        report = {}
+        for name, vae in (("native", self.native), ("adapted", self.vae)):
+            predicted = torch.cat([vae(a) for a in truth])
+            report[name] = alpha_metrics(predicted, torch.cat(truth))
+        report["clips"] = sum(len(b.keys) for b in batches)
+        return report
+
+    def export(self, folder: Path) -> dict[str, str]:
+        self.vae.save_adapter(folder / "alpha_adapter")
+        return {"alpha_adapter": str(folder / "alpha_adapter")}
+
+
+def _alphas(batch: LayerBatch) -> torch.Tensor:
+    """Every matte of a batch as its own sample: [B*K, 1, T, H, W]."""
+    return torch.cat([v for name, v in batch.videos.items() if name.startswith("alpha")])
+
+
+class LayerLearning:
+    """Stages 2 and 3: the layered DiT on packed layer latents with the flow-matching loss."""
+
+    def __init__(self, config: TrainConfig, base: Path, inherited: dict[str, Any], device: torch.device) -> None:
+        self.config = config
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.vae = LayerVAE.from_pretrained(base, dtype=dtype).to(device)
+        if inherited.get("alpha_adapter"):
+            self.vae.load_adapter(inherited["alpha_adapter"])
+        self.vae.requires_grad_(False)
+        self.text = TextEncoder.from_pretrained(base, dtype=dtype).to(device)
+        self.text_length = get_preset(config.preset).text_length
+        if inherited.get("transformer"):  # a fully fine-tuned earlier stage
+            self.transformer = LayeredWanTransformer.from_pretrained(inherited["transformer"]).to(device)
+        else:
+            self.transformer = LayeredWanTransformer.from_wan(base, positions=config.positions,
+                                                              layer_routing=config.layer_routing).to(device)
+        if config.lora is not None:
+            self.transformer.add_lora(config.lora.rank, config.lora.alpha)
+        if inherited.get("layer_weights"):
+            self.transformer.load_layer_weights(inherited["layer_weights"])
+        if config.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.transformer.requires_grad_(config.lora is None)
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.modules = [self.transformer]
+        self.generator = None
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        if self.config.lora is None:
+            return list(self.transformer.parameters())
+        return [self.transformer.layer_modulation,
+                *(p for n, p in self.transformer.named_parameters() if ".lora_" in n)]
+
+    @torch.no_grad()
+    def encode(self, batch: LayerBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed clean latents [B, C, L*T', H', W'] and prompt embeddings [B, P, S, D], fp32."""
+        layers = {}
+        for name, video in batch.videos.items():
+            video = video.to(self.vae.vae.device, self.vae.vae.dtype)
+            latent = self.vae.encode_alpha(video) if name.startswith("alpha") else self.vae.encode_video(video)
+            layers[name] = latent.float()
+        flat = [text for prompts in batch.prompts for text in prompts]
+        embeds = self.text.encode(flat, self.text_length).float()
+        return batch.layout.pack(layers), embeds.unflatten(0, (len(batch.prompts), -1))
+
+    def loss(self, batch: LayerBatch, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        latents, prompts = self.encode(batch)
+        tasks = sample_tasks(len(batch.keys), self.config.tasks)
+        conditioning = torch.stack([task_mask(batch.layout, t) for t in tasks])
+        loss, per_layer = flow_matching_loss(model, latents, prompts, batch.layout, conditioning, self.config.shift)
+        return loss, {f"loss/{name}": v for name, v in per_layer.items()} | {"foregrounds": batch.layout.num_foregrounds}
+
+    def export(self, folder: Path) -> dict[str, str]:
+        if self.config.lora is None:
+            self.transformer.save_pretrained(folder / "transformer")
+            return {"transformer": str(folder / "transformer")}
+        self.transformer.save_layer_weights(folder / "layer_weights")
+        return {"layer_weights": str(folder / "layer_weights")}
+
+
+def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
+    """Run (or resume) a stage; returns the run folder."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    inherited = run_provenance(config.init) if config.init else {}
+    base = _base_model(config, inherited, out)
+    mixed = config.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.optim.grad_accum)
+    set_seed(config.seed, device_specific=True)
+
+    job_cls = AlphaAdaptation if config.stage == "alpha_vae" else LayerLearning
+    job = job_cls(config, base, inherited, accelerator.device)
+    params = job.parameters()
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                  weight_decay=config.optim.weight_decay)
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.optim.warmup_steps, config.optim.max_steps)
+    ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True) if config.ema_decay else None
+    model = accelerator.prepare(job.modules[0])
+    optimizer, schedule = accelerator.prepare(optimizer, schedule)
+    split = "train" if config.stage == "alpha_vae" and config.holdout > 0 else "all"
+    loader = LayerLoader(dataclasses.replace(config.data, split=split, holdout=config.holdout))
+    names = {id(p): n for n, p in job.modules[0].named_parameters()}
+    trainable_names = [names[id(p)] for p in params]
+
+    step = 0
+    checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
+    if checkpoint is not None:
+        step, state = load_checkpoint(checkpoint)
+        if state["fingerprint"] != config.fingerprint():
+            raise ConfigError(f"{checkpoint} was written by a different config; use another OUT or --no-resume")
+        with torch.no_grad():
+            for name, p in zip(trainable_names, params):
+                p.copy_(state["trainable"][name])
+        restore_optimizer(_inner(optimizer, "optimizer"), state["optimizer"])
+        _inner(schedule, "scheduler").load_state_dict(state["schedule"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        loader.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng"]["torch"])
+    _write_provenance(out, config, base, inherited)
+    log = MetricsLog(out, resume_step=step, enabled=accelerator.is_main_process)
+
+    stop = min(config.optim.max_steps, config.stop_after or config.optim.max_steps)
+    bar = tqdm(total=config.optim.max_steps, initial=step, desc=f"{config.stage}", disable=not progress,
+               dynamic_ncols=True)
+    batches = iter(loader)
+    model.train()
+    while step < stop:
+        batch = next(batches)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, metrics = job.loss(batch, model)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(params, config.optim.grad_clip) if accelerator.sync_gradients \
+                else None
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        if ema is not None:
+            ema.step(params)
+        loss_value = float(accelerator.gather(loss.detach()).mean())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if step % config.log_every == 0 or step == stop:
+            log.write(step, {"loss": loss_value, "lr": schedule.get_last_lr()[0],
+                             "grad_norm": float(grad_norm) if grad_norm is not None else None, **metrics})
+        if step % config.checkpoint_every == 0 or step == stop:
+            if accelerator.is_main_process:
+                save_checkpoint(out / "checkpoints", step, {
+                    "fingerprint": config.fingerprint(),
+                    "trainable": {n: p for n, p in zip(trainable_names, params)},
+                    "optimizer": optimizer_state(_inner(optimizer, "optimizer")),
+                    "schedule": _inner(schedule, "scheduler").state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "data": loader.state_dict(),
+                    "rng": {"torch": torch.get_rng_state()},
+                })
+    bar.close()
+    if step >= config.optim.max_steps and accelerator.is_main_process:
+        _finish(job, ema, params, out, config, loader, log)
+    accelerator.end_training()
+    return out
+
+
+def _inner(wrapped: Any, attribute: str) -> Any:
+    """The torch object behind accelerate's optimizer/scheduler wrappers."""
+    return getattr(wrapped, attribute, wrapped)
+
+
+def _finish(job, ema, params, out: Path, config: TrainConfig, loader: LayerLoader, log: MetricsLog) -> None:
+    """Export the (EMA) adapters, evaluate stage 1 on held-out clips, draw the loss curve."""
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    exported = job.export(out / "final")
+    if isinstance(job, AlphaAdaptation) and config.holdout > 0:
+        held = LayerLoader(dataclasses.replace(config.data, split="holdout", holdout=config.holdout, repeat=False,
+                                               batch_size=1, random_crop=False, shuffle_buffer=0,
+                                               caption_dropout=0.0))
+        try:
+            batches = [b for _, b in zip(range(config.eval_batches), held)]
+        except ValueError as e:  # no clip fell into the held-out share
+            logger.warning("no held-out evaluation: %s", e)
+            batches = []
+        if batches:
+            report = job.evaluate(batches)
+            (out / "eval.json").write_text(json.dumps(report, indent=2))
+            exported["eval"] = str(out / "eval.json")
+    if ema is not None:
+        ema.restore(params)
+    provenance = json.loads((out / "run.json").read_text())
+    provenance.update(exported)
+    provenance["finished"] = True
+    (out / "run.json").write_text(json.dumps(provenance, indent=2))
+    log.close()
+    plot_loss_curve(out / "metrics.jsonl", out / "loss.png", title=f"{config.stage} ({config.preset})")
+
+
+def _base_model(config: TrainConfig, inherited: dict[str, Any], out: Path) -> Path:
+    """The Wan folder to start from: the config's, the earlier stage's, or a written tiny one."""
+    if config.model:
+        return Path(config.model)
+    if inherited.get("model"):
+        return Path(inherited["model"])
+    if config.preset == "tiny":
+        base = out / "base-tiny"
+        if not (base / "transformer" / "config.json").exists():
+            write_tiny_checkpoint(base, seed=config.seed)
+        return base
+    raise ConfigError(f"preset {config.preset} needs `model:` (a local diffusers Wan folder)")
+
+
+def _write_provenance(out: Path, config: TrainConfig, base: Path, inherited: dict[str, Any]) -> None:
+    """What this run builds on; `_finish` adds its own exports, which override the inherited ones."""
+    provenance = {
+        "stage": config.stage, "preset": config.preset, "model": str(base), "init": config.init,
+        **{k: inherited.get(k) for k in ("alpha_adapter", "layer_weights", "transformer")},
+        "positions": config.positions, "layer_routing": config.layer_routing,
+        "config": config.to_dict(), "finished": False,
+    }
+    (out / "run.json").write_text(json.dumps(provenance, indent=2, default=str))
+
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard; a resumed run first drops lines past its checkpoint."""
+
+    def __init__(self, out: Path, resume_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        if not enabled:
+            return
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        for key, value in values.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
