@@ -175,6 +175,7 @@ class _Encoded:
 
     key: str
     fps: float
+    frames: int
     members: dict[str, bytes]
     prompts: list[str]
 
@@ -237,7 +238,7 @@ def _read_header(sample: dict[str, Any], config: DataConfig) -> _Encoded:
     if needed > frames:
         raise _Skip("too_short", f"{frames} frames at {fps:g} fps; {config.num_frames} frames "
                                  f"at {config.fps:g} fps need {needed}")
-    return _Encoded(sample["__key__"], fps, {name: sample[member] for name, member in names.items()}, prompts)
+    return _Encoded(sample["__key__"], fps, frames, {name: sample[member] for name, member in names.items()}, prompts)
 
 
 def _headers(samples: Iterator[dict[str, Any]], config: DataConfig, skipped: Counter) -> Iterator[_Encoded]:
@@ -278,15 +279,17 @@ def _crop_box(h: int, w: int, config: DataConfig, rng: random.Random) -> tuple[t
 
 def _load_sample(encoded: _Encoded, config: DataConfig, rng: random.Random) -> LayerSample:
     """Decode, resample in time, resize and crop (one window for all layers: they stay aligned), drop captions."""
-    frames = {name: decode_video(data, grey=name.startswith("alpha")) for name, data in encoded.members.items()}
+    span = frame_indices(encoded.fps, config.fps, config.num_frames)[-1] + 1
+    start = rng.randint(0, encoded.frames - span) if config.random_crop else (encoded.frames - span) // 2
+    indices = frame_indices(encoded.fps, config.fps, config.num_frames, start)
+    # Decoding stops at the last frame used: the rest of the clip is never decoded.
+    frames = {name: decode_video(data, grey=name.startswith("alpha"), max_frames=indices[-1] + 1)
+              for name, data in encoded.members.items()}
     if len({f.shape[1:3] for f in frames.values()}) > 1:
         raise ValueError(f"layers differ in size: {sorted({f.shape[1:3] for f in frames.values()})}")
     available = min(len(f) for f in frames.values())
-    span = frame_indices(encoded.fps, config.fps, config.num_frames)[-1] + 1
-    if span > available:
-        raise ValueError(f"{available} frames decoded, {span} needed")
-    start = rng.randint(0, available - span) if config.random_crop else (available - span) // 2
-    indices = frame_indices(encoded.fps, config.fps, config.num_frames, start)
+    if indices[-1] >= available:
+        raise ValueError(f"{available} frames decoded, {indices[-1] + 1} needed")
     size, top, left = _crop_box(*next(iter(frames.values())).shape[1:3], config, rng)
     videos = {}
     for name, video in frames.items():

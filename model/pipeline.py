@@ -33,12 +33,19 @@ TEMPORAL_COMPRESSION, SPATIAL_COMPRESSION = 4, 8
 
 @dataclass(frozen=True)
 class LayerPrompts:
-    """One prompt per slot: the full scene, the background, and each foreground (top first)."""
+    """One prompt per slot: the full scene, the background, and each foreground (top first).
+
+    `negative` is one negative prompt for every slot, or one per slot in the same order.
+    """
 
     full: str
     background: str
     foregrounds: tuple[str, ...]
-    negative: str = ""
+    negative: str | tuple[str, ...] = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.negative, str) and len(self.negative) != 2 + len(self.foregrounds):
+            raise ValueError(f"{len(self.negative)} negative prompts for {2 + len(self.foregrounds)} prompt slots")
 
     @property
     def layout(self) -> Layout:
@@ -46,6 +53,9 @@ class LayerPrompts:
 
     def slots(self) -> list[str]:
         return [self.full, self.background, *self.foregrounds]
+
+    def negative_slots(self) -> list[str]:
+        return [self.negative] * len(self.slots()) if isinstance(self.negative, str) else list(self.negative)
 
 
 @dataclass
@@ -92,7 +102,8 @@ class LayeredVideo:
         info = {"fps": self.fps, "coherence_error": self.coherence_error(), **self.metrics}
         if self.prompts is not None:
             info["prompts"] = {"full": self.prompts.full, "background": self.prompts.background,
-                               "foregrounds": list(self.prompts.foregrounds), "negative": self.prompts.negative}
+                               "foregrounds": list(self.prompts.foregrounds),
+                               "negative": self.prompts.negative_slots()}
         written["json"] = folder / "sample.json"
         written["json"].write_text(json.dumps(info, indent=2))
         return written
@@ -195,7 +206,7 @@ class LayerT2VPipeline:
         """[B, P, S, D] prompt and negative-prompt embeddings, one row per slot."""
         slots = [p.slots() for p in prompts]
         flat = [text for row in slots for text in row]
-        negatives = [p.negative for p in prompts for _ in p.slots()]
+        negatives = [text for p in prompts for text in p.negative_slots()]
         embeds = self.text_encoder.encode(flat + negatives, self.text_length).to(self.device)
         positive, negative = embeds.chunk(2)
         shape = (len(prompts), len(slots[0]), *embeds.shape[1:])

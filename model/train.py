@@ -35,6 +35,7 @@ from vidlayer.config import PipelineError, build_dataclass
 from .alpha import alpha_loss, alpha_metrics
 from .checkpoint import latest_checkpoint, load_checkpoint, optimizer_state, restore_optimizer, save_checkpoint
 from .data import DataConfig, LayerBatch, LayerLoader
+from .latent_cache import CachedBatch, CachedLoader, cache_latents
 from .flow import flow_matching_loss, sample_tasks, task_mask
 from .plots import plot_loss_curve
 from .presets import get_preset, write_tiny_checkpoint
@@ -76,6 +77,7 @@ class TrainConfig:
     lora: LoraSettings | None = None  # None on a DiT stage: full fine-tuning
     alpha_lora_rank: int = 128
     edge_weight: float = 1.0
+    balance_alpha: bool = True  # weight matte and background pixels equally (see alpha.py)
     holdout: float = 0.1
     eval_batches: int = 4
     tasks: dict = field(default_factory=lambda: {"joint": 1.0})
@@ -89,6 +91,7 @@ class TrainConfig:
     log_every: int = 10
     stop_after: int | None = None  # end this session at this step (checkpointed), e.g. on preemptible machines
     seed: int = 0
+    latent_cache: str | None = None  # stages 2-3: read `vidlayer cache-latents` output instead of encoding
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,7 +159,7 @@ class AlphaAdaptation:
 
     def loss(self, batch: LayerBatch, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         alpha = _alphas(batch).to(self.vae.latents_mean.device)
-        return alpha_loss(model(alpha), alpha, self.config.edge_weight)
+        return alpha_loss(model(alpha), alpha, self.config.edge_weight, self.config.balance_alpha)
 
     @torch.no_grad()
     def evaluate(self, batches: list[LayerBatch]) -> dict[str, Any]:
@@ -179,17 +182,24 @@ def _alphas(batch: LayerBatch) -> torch.Tensor:
     return torch.cat([v for name, v in batch.videos.items() if name.startswith("alpha")])
 
 
+def frozen_encoders(base: Path, inherited: dict[str, Any], device: torch.device) -> tuple[LayerVAE, TextEncoder]:
+    """The VAE (with an earlier stage's alpha adapter) and the text encoder, frozen, bf16 on GPU."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    vae = LayerVAE.from_pretrained(base, dtype=dtype).to(device)
+    if inherited.get("alpha_adapter"):
+        vae.load_adapter(inherited["alpha_adapter"])
+    vae.requires_grad_(False)
+    return vae, TextEncoder.from_pretrained(base, dtype=dtype).to(device)
+
+
 class LayerLearning:
     """Stages 2 and 3: the layered DiT on packed layer latents with the flow-matching loss."""
 
     def __init__(self, config: TrainConfig, base: Path, inherited: dict[str, Any], device: torch.device) -> None:
         self.config = config
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.vae = LayerVAE.from_pretrained(base, dtype=dtype).to(device)
-        if inherited.get("alpha_adapter"):
-            self.vae.load_adapter(inherited["alpha_adapter"])
-        self.vae.requires_grad_(False)
-        self.text = TextEncoder.from_pretrained(base, dtype=dtype).to(device)
+        self.device = device
+        if not config.latent_cache:  # with a cache the encoders never run
+            self.vae, self.text = frozen_encoders(base, inherited, device)
         self.text_length = get_preset(config.preset).text_length
         if inherited.get("transformer"):  # a fully fine-tuned earlier stage
             self.transformer = LayeredWanTransformer.from_pretrained(inherited["transformer"]).to(device)
@@ -206,7 +216,6 @@ class LayerLearning:
         for p in self.parameters():
             p.requires_grad_(True)
         self.modules = [self.transformer]
-        self.generator = None
 
     def parameters(self) -> list[torch.nn.Parameter]:
         if self.config.lora is None:
@@ -226,8 +235,11 @@ class LayerLearning:
         embeds = self.text.encode(flat, self.text_length).float()
         return batch.layout.pack(layers), embeds.unflatten(0, (len(batch.prompts), -1))
 
-    def loss(self, batch: LayerBatch, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
-        latents, prompts = self.encode(batch)
+    def loss(self, batch: LayerBatch | CachedBatch, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        if isinstance(batch, CachedBatch):
+            latents, prompts = batch.latents.to(self.device), batch.prompt_embeds.to(self.device)
+        else:
+            latents, prompts = self.encode(batch)
         tasks = sample_tasks(len(batch.keys), self.config.tasks)
         conditioning = torch.stack([task_mask(batch.layout, t) for t in tasks])
         loss, per_layer = flow_matching_loss(model, latents, prompts, batch.layout, conditioning, self.config.shift)
@@ -256,14 +268,14 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
     job_cls = AlphaAdaptation if config.stage == "alpha_vae" else LayerLearning
     job = job_cls(config, base, inherited, accelerator.device)
     params = job.parameters()
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas),
-                                  weight_decay=config.optim.weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, config.optim.warmup_steps, config.optim.max_steps)
+    adamw = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas),
+                              weight_decay=config.optim.weight_decay)
+    schedule = get_cosine_schedule_with_warmup(adamw, config.optim.warmup_steps, config.optim.max_steps)
     ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True) if config.ema_decay else None
     model = accelerator.prepare(job.modules[0])
-    optimizer, schedule = accelerator.prepare(optimizer, schedule)
-    split = "train" if config.stage == "alpha_vae" and config.holdout > 0 else "all"
-    loader = LayerLoader(dataclasses.replace(config.data, split=split, holdout=config.holdout))
+    # The schedule stays unprepared: accelerate would step it once per process, and ours counts optimizer steps.
+    optimizer = accelerator.prepare(adamw)
+    loader = _training_loader(config)
     names = {id(p): n for n, p in job.modules[0].named_parameters()}
     trainable_names = [names[id(p)] for p in params]
 
@@ -276,8 +288,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
         with torch.no_grad():
             for name, p in zip(trainable_names, params):
                 p.copy_(state["trainable"][name])
-        restore_optimizer(_inner(optimizer, "optimizer"), state["optimizer"])
-        _inner(schedule, "scheduler").load_state_dict(state["schedule"])
+        restore_optimizer(adamw, state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         loader.load_state_dict(state["data"])
@@ -319,25 +331,29 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
                 save_checkpoint(out / "checkpoints", step, {
                     "fingerprint": config.fingerprint(),
                     "trainable": {n: p for n, p in zip(trainable_names, params)},
-                    "optimizer": optimizer_state(_inner(optimizer, "optimizer")),
-                    "schedule": _inner(schedule, "scheduler").state_dict(),
+                    "optimizer": optimizer_state(adamw),
+                    "schedule": schedule.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None,
                     "data": loader.state_dict(),
                     "rng": {"torch": torch.get_rng_state()},
                 })
     bar.close()
     if step >= config.optim.max_steps and accelerator.is_main_process:
-        _finish(job, ema, params, out, config, loader, log)
+        _finish(job, ema, params, out, config, log)
     accelerator.end_training()
     return out
 
 
-def _inner(wrapped: Any, attribute: str) -> Any:
-    """The torch object behind accelerate's optimizer/scheduler wrappers."""
-    return getattr(wrapped, attribute, wrapped)
+def _training_loader(config: TrainConfig) -> LayerLoader | CachedLoader:
+    if config.latent_cache and config.stage != "alpha_vae":
+        data = config.data
+        return CachedLoader(config.latent_cache, data.batch_size, data.seed, data.shuffle_buffer, data.caption_dropout,
+                            data.foregrounds)
+    split = "train" if config.stage == "alpha_vae" and config.holdout > 0 else "all"
+    return LayerLoader(dataclasses.replace(config.data, split=split, holdout=config.holdout))
 
 
-def _finish(job, ema, params, out: Path, config: TrainConfig, loader: LayerLoader, log: MetricsLog) -> None:
+def _finish(job, ema, params, out: Path, config: TrainConfig, log: MetricsLog) -> None:
     """Export the (EMA) adapters, evaluate stage 1 on held-out clips, draw the loss curve."""
     if ema is not None:
         ema.store(params)
@@ -417,3 +433,13 @@ class MetricsLog:
     def close(self) -> None:
         if self.enabled:
             self.writer.close()
+
+
+def build_latent_cache(config: TrainConfig, out: str | Path, progress: bool = True) -> int:
+    """Encode a stage's training clips once (centre crop) with the encoders that stage would use."""
+    if config.stage == "alpha_vae":
+        raise ConfigError("stage 1 trains on the mattes themselves; cache latents for stages 2 and 3")
+    inherited = run_provenance(config.init) if config.init else {}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    vae, text = frozen_encoders(_base_model(config, inherited, Path(config.out)), inherited, device)
+    return cache_latents(config.data, vae, text, get_preset(config.preset).text_length, Path(out), progress)

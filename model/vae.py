@@ -246,6 +246,7 @@ class LayerVAE(nn.Module):
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets)
         config._register_custom_module({WanCausalConv3d: CausalConv3dLora})
         inject_adapter_in_model(config, self.vae.decoder, adapter_name=LORA_ADAPTER_NAME)
+        self.vae.decoder.register_forward_hook(_straight_through_clamp)
         self.lora_rank, self.lora_alpha = rank, alpha
 
     def _adapter_state(self) -> dict[str, nn.Parameter]:
@@ -286,6 +287,15 @@ class LayerVAE(nn.Module):
                 f"unexpected {sorted(weights.keys() - expected)}"
             )
         self.load_state_dict(weights, strict=False)
+
+
+def _straight_through_clamp(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Wan clamps decoded videos to [-1, 1]. A matte pixel pushed past the bound while training would
+    get no gradient and stay dead (the adapter collapses to an all-zero matte), so the clamped value is
+    kept but its gradient passes straight through."""
+    if not torch.is_grad_enabled():
+        return output
+    return output - (output - output.clamp(-1, 1)).detach()
 
 
 def tiny_vae_config() -> dict:

@@ -167,6 +167,27 @@ def train(
                           f"edge sharpness {m['edge_sharpness']:.3f}")
 
 
+@app.command("cache-latents")
+def cache_latents_command(
+    config: Annotated[Path, typer.Argument(help="The stage 2 or 3 config YAML the cache is for.")],
+    out: Annotated[Path, typer.Option(help="Folder for the cached latent shards.")],
+    preset: Annotated[Optional[str], typer.Option(help="tiny, wan2.1-t2v-1.3b or wan2.1-t2v-14b.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Shards: a folder, a path, a brace pattern or URLs.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.sub=value "
+                                                      "(repeatable).")] = None,
+) -> None:
+    """Encode the clips once with the frozen VAE and text encoder; train with --set latent_cache=OUT."""
+    from layert2v.runs import ConfigError
+    from layert2v.train import build_latent_cache, load_config
+
+    try:
+        cfg = load_config(config, preset=preset, data=data, overrides=tuple(set_ or ()))
+        count = build_latent_cache(cfg, out)
+    except (ConfigError, FileExistsError) as e:
+        raise fail(str(e)) from None
+    console.print(f"cached {count} clips in [bold]{out}[/]; train with --set latent_cache={out}")
+
+
 @app.command()
 def sample(
     run: Annotated[Path, typer.Option(help="A finished training run folder (stage 2 or 3).")],

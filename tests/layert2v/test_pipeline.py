@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from vidlayer.io.video import decode_video
 from layert2v.pipeline import LayeredVideo, LayerPrompts, LayerT2VPipeline
@@ -36,6 +37,7 @@ def test_tiny_sampling_writes_every_layer(pipe, tmp_path):
     assert written["contact_sheet"].stat().st_size > 0
     info = json.loads(written["json"].read_text())
     assert info["prompts"]["foregrounds"] == ["a red fox running"]
+    assert info["prompts"]["negative"] == ["blurry, low quality"] * 3
     assert info["coherence_error"] == pytest.approx(video.coherence_error())
 
 
@@ -66,6 +68,17 @@ def test_composite_follows_the_toolkits_rule():
     np.testing.assert_allclose(video.composite(), layers["fg0"])  # an opaque top layer hides the rest
     layers["full"] = layers["fg0"]
     assert video.coherence_error() < 1e-6
+
+
+def test_per_slot_negative_prompts(pipe):
+    shared = LayerPrompts("a", "b", ("c",), negative="blurry")
+    per_slot = LayerPrompts("a", "b", ("c",), negative=("blurry", "people, animals", "blurry"))
+    _, negative_shared = pipe.encode_prompts([shared])
+    _, negative_per_slot = pipe.encode_prompts([per_slot])
+    assert torch.equal(negative_shared[0, 0], negative_per_slot[0, 0])
+    assert not torch.equal(negative_shared[0, 1], negative_per_slot[0, 1])
+    with pytest.raises(ValueError, match="negative prompts"):
+        LayerPrompts("a", "b", ("c",), negative=("x", "y"))
 
 
 def test_bad_sizes_are_refused(pipe):

@@ -175,11 +175,17 @@ def encode_video(frames: np.ndarray, fps: float, *, crf: int = 18, lossless: boo
     return buffer.getvalue()
 
 
-def decode_video(data: bytes | str | Path, grey: bool = False) -> np.ndarray:
-    """Decode a whole video (bytes or path) to [T, H, W, 3] RGB, or [T, H, W] when `grey`."""
+def decode_video(data: bytes | str | Path, grey: bool = False, max_frames: int | None = None) -> np.ndarray:
+    """Decode a video (bytes or path) to [T, H, W, 3] RGB, or [T, H, W] when `grey`; at most `max_frames`."""
     source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+    frames = []
     with av.open(source) as container:
-        frames = [f.to_ndarray(format="gray" if grey else "rgb24") for f in container.decode(video=0)]
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="gray" if grey else "rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
     if not frames:
         raise VideoError("decode_error", "the video has no frames")
     return np.stack(frames)

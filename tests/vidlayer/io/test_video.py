@@ -90,3 +90,11 @@ def test_lossy_rgb_stays_close(square_frames):
 def test_encode_refuses_odd_sizes():
     with pytest.raises(ValueError, match="even"):
         encode_video(np.zeros((3, 15, 16, 3), np.uint8), 16)
+
+
+def test_decode_can_stop_early():
+    alpha = np.stack([np.full((16, 16), 10 * t, np.uint8) for t in range(12)])
+    data = encode_video(alpha, 16, lossless=True)
+    head = decode_video(data, grey=True, max_frames=5)
+    assert np.array_equal(head, alpha[:5])
+    assert len(decode_video(data, grey=True, max_frames=50)) == 12

@@ -1,0 +1,155 @@
+"""A few real steps of each stage on shards from the toolkit, resume, and sampling from the result."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from layert2v.checkpoint import latest_checkpoint, load_checkpoint
+from layert2v.pipeline import LayerT2VPipeline
+from layert2v.runs import ConfigError
+from layert2v.train import load_config, train
+from vidlayer.cli import app
+
+CONFIGS = Path(__file__).parents[2] / "model" / "configs"
+# CPU-test sized: 5 frames at 32x32, one clip per batch, a checkpoint every 2 steps.
+SMALL = ("data.num_frames=5", "data.height=32", "data.width=32", "data.batch_size=1", "data.shuffle_buffer=4",
+         "optim.max_steps=4", "optim.warmup_steps=1", "checkpoint_every=2", "log_every=1", "eval_batches=2")
+
+
+def config(stage: int, shards: Path, out: Path, *extra: str):
+    return load_config(CONFIGS / f"stage{stage}.yaml", preset="tiny", data=str(shards), out=str(out),
+                       overrides=SMALL + extra)
+
+
+@pytest.fixture(scope="module")
+def shards(inline_build) -> Path:
+    return inline_build[0] / "shards"
+
+
+@pytest.fixture(scope="module")
+def runs(shards, tmp_path_factory) -> dict[str, Path]:
+    """Stage 1 -> 2 -> 3 chained the way the Makefile chains them."""
+    root = tmp_path_factory.mktemp("runs")
+    lora = "lora={rank: 4, alpha: 4}"  # the tiny preset fine-tunes fully; the Wan presets use LoRA
+    stage1 = train(config(1, shards, root / "stage1", "holdout=0.5"), progress=False)
+    stage2 = train(config(2, shards, root / "stage2", f"init={stage1}", "data.foregrounds=null", lora),
+                   progress=False)
+    stage3 = train(config(3, shards, root / "stage3", f"init={stage2}", lora), progress=False)
+    return {"stage1": stage1, "stage2": stage2, "stage3": stage3}
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
+def test_each_stage_finishes_and_writes_its_artifacts(runs, stage):
+    run = runs[stage]
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] and info["preset"] == "tiny"
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+    assert (run / "loss.png").stat().st_size > 0
+    assert any((run / "tensorboard").iterdir())
+    assert latest_checkpoint(run / "checkpoints").name == "step-0000004"
+
+
+def test_stage1_exports_an_alpha_adapter_and_evaluates_it(runs):
+    info = json.loads((runs["stage1"] / "run.json").read_text())
+    weights = load_file(Path(info["alpha_adapter"]) / "alpha_adapter.safetensors")
+    assert any("lora_B" in k for k in weights) and any(k.startswith("project_in.") for k in weights)
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # trained away from zero
+    report = json.loads(Path(info["eval"]).read_text())
+    assert report["clips"] >= 1
+    for name in ("native", "adapted"):
+        assert set(report[name]) == {"alpha_mae", "boundary_mae", "edge_sharpness"}
+
+
+def test_later_stages_inherit_what_earlier_stages_made(runs):
+    stage1 = json.loads((runs["stage1"] / "run.json").read_text())
+    stage2 = json.loads((runs["stage2"] / "run.json").read_text())
+    stage3 = json.loads((runs["stage3"] / "run.json").read_text())
+    assert stage2["model"] == stage3["model"] == stage1["model"]
+    assert stage2["alpha_adapter"] == stage3["alpha_adapter"] == stage1["alpha_adapter"]
+    assert stage3["layer_weights"] != stage2["layer_weights"]
+    table = load_file(Path(stage3["layer_weights"]) / "layer_weights.safetensors")["layer_modulation"]
+    assert table.abs().sum() > 0  # LayerAdaLN moved away from its zero init
+    assert (Path(stage3["layer_weights"]) / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_sampling_from_the_stage3_run(runs, tmp_path):
+    out = tmp_path / "sample"
+    result = CliRunner().invoke(app, [
+        "sample", "--run", str(runs["stage3"]), "--prompt", "a ball on a table", "--fg", "a red ball",
+        "--bg", "a table", "--out", str(out), "--frames", "5", "--height", "32", "--width", "32", "--steps", "2",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "coherence" in result.output
+    assert {p.name for p in out.iterdir()} >= {"full.mp4", "background.mp4", "fg0.mp4", "alpha0.mp4",
+                                                "composite.mp4", "contact_sheet.png", "sample.json"}
+
+
+def test_the_sampler_loads_the_trained_weights(runs):
+    pipe = LayerT2VPipeline.from_run(runs["stage3"])
+    info = json.loads((runs["stage3"] / "run.json").read_text())
+    saved = load_file(Path(info["layer_weights"]) / "layer_weights.safetensors")["layer_modulation"]
+    assert torch.equal(pipe.transformer.layer_modulation.detach(), saved)
+    assert pipe.vae.lora_rank is not None  # the stage 1 alpha adapter
+    with pytest.raises(ValueError, match="stage 2 or 3"):
+        LayerT2VPipeline.from_run(runs["stage1"])
+
+
+def test_resume_continues_from_the_same_step_and_data_position(shards, runs, tmp_path):
+    init = f"init={runs['stage1']}"
+    straight = train(config(2, shards, tmp_path / "straight", init, "data.foregrounds=null"), progress=False)
+    paused = train(config(2, shards, tmp_path / "resumed", init, "data.foregrounds=null", "stop_after=2"),
+                   progress=False)
+    assert not json.loads((paused / "run.json").read_text())["finished"]
+    assert [m["step"] for m in read_metrics(paused)] == [1, 2]
+    resumed = train(config(2, shards, tmp_path / "resumed", init, "data.foregrounds=null"), progress=False)
+    a, b = read_metrics(straight), read_metrics(resumed)
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    assert [m["loss"] for m in a] == pytest.approx([m["loss"] for m in b], rel=1e-5)
+    _, end_a = load_checkpoint(latest_checkpoint(straight / "checkpoints"))
+    _, end_b = load_checkpoint(latest_checkpoint(resumed / "checkpoints"))
+    assert end_a["data"] == end_b["data"]
+    for name, tensor in end_a["trainable"].items():
+        torch.testing.assert_close(tensor, end_b["trainable"][name], rtol=1e-5, atol=1e-6)
+    # The tiny preset fine-tunes the whole transformer; the sampler loads that export too.
+    assert (Path(json.loads((resumed / "run.json").read_text())["transformer"]) / "config.json").exists()
+    assert LayerT2VPipeline.from_run(resumed).transformer.layer_modulation.abs().sum() > 0
+
+
+def test_stage2_trains_from_a_latent_cache(shards, runs, tmp_path):
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(app, ["cache-latents", str(CONFIGS / "stage2.yaml"), "--preset", "tiny",
+                                      "--data", str(shards), "--out", str(cache), "--set", f"init={runs['stage1']}",
+                                      "--set", "data.foregrounds=null", *[f"--set={o}" for o in SMALL]])
+    assert result.exit_code == 0, result.output
+    run = train(config(2, shards, tmp_path / "cached", f"init={runs['stage1']}", "data.foregrounds=null",
+                       f"latent_cache={cache}"), progress=False)
+    assert json.loads((run / "run.json").read_text())["finished"]
+    assert len(read_metrics(run)) == 4
+
+
+def test_config_errors_are_one_clear_line(shards, tmp_path):
+    with pytest.raises(ConfigError, match="unknown settings"):
+        config(2, shards, tmp_path / "x", "optim.learning_rate=1")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(CONFIGS / "stage2.yaml", preset="huge")
+    with pytest.raises(ConfigError, match="no training config"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not a training run"):
+        train(config(2, shards, tmp_path / "y", f"init={tmp_path}"), progress=False)
+
+
+def test_a_changed_config_does_not_resume_silently(shards, runs, tmp_path):
+    init = f"init={runs['stage1']}"
+    train(config(2, shards, tmp_path / "run", init, "data.foregrounds=null", "stop_after=2"), progress=False)
+    with pytest.raises(ConfigError, match="different config"):
+        train(config(2, shards, tmp_path / "run", init, "data.foregrounds=null", "optim.lr=0.5"), progress=False)
