@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from torch.utils.tensorboard import SummaryWriter
@@ -262,7 +262,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.optim.grad_accum)
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.optim.grad_accum,
+                              cpu=not torch.cuda.is_available())
     set_seed(config.seed, device_specific=True)
 
     job_cls = AlphaAdaptation if config.stage == "alpha_vae" else LayerLearning
@@ -292,8 +293,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
         schedule.load_state_dict(state["schedule"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        loader.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
+        if len(state["ranks"]) != accelerator.num_processes:
+            raise ConfigError(f"{checkpoint} was written by {len(state['ranks'])} processes, this run has "
+                              f"{accelerator.num_processes}; resume with the same number")
+        mine = state["ranks"][accelerator.process_index]
+        loader.load_state_dict(mine["data"])
+        torch.set_rng_state(mine["rng"])
     _write_provenance(out, config, base, inherited)
     log = MetricsLog(out, resume_step=step, enabled=accelerator.is_main_process)
 
@@ -327,6 +332,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
             log.write(step, {"loss": loss_value, "lr": schedule.get_last_lr()[0],
                              "grad_norm": float(grad_norm) if grad_norm is not None else None, **metrics})
         if step % config.checkpoint_every == 0 or step == stop:
+            # Every rank reads its own shards and draws its own noise: keep each rank's position and RNG.
+            ranks = gather_object([{"data": loader.state_dict(), "rng": torch.get_rng_state()}])
             if accelerator.is_main_process:
                 save_checkpoint(out / "checkpoints", step, {
                     "fingerprint": config.fingerprint(),
@@ -334,8 +341,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
                     "optimizer": optimizer_state(adamw),
                     "schedule": schedule.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None,
-                    "data": loader.state_dict(),
-                    "rng": {"torch": torch.get_rng_state()},
+                    "ranks": ranks,
                 })
     bar.close()
     if step >= config.optim.max_steps and accelerator.is_main_process:

@@ -1,10 +1,13 @@
 """A few real steps of each stage on shards from the toolkit, resume, and sampling from the result."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import webdataset as wds
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -117,7 +120,7 @@ def test_resume_continues_from_the_same_step_and_data_position(shards, runs, tmp
     assert [m["loss"] for m in a] == pytest.approx([m["loss"] for m in b], rel=1e-5)
     _, end_a = load_checkpoint(latest_checkpoint(straight / "checkpoints"))
     _, end_b = load_checkpoint(latest_checkpoint(resumed / "checkpoints"))
-    assert end_a["data"] == end_b["data"]
+    assert [r["data"] for r in end_a["ranks"]] == [r["data"] for r in end_b["ranks"]]
     for name, tensor in end_a["trainable"].items():
         torch.testing.assert_close(tensor, end_b["trainable"][name], rtol=1e-5, atol=1e-6)
     # The tiny preset fine-tunes the whole transformer; the sampler loads that export too.
@@ -153,3 +156,28 @@ def test_a_changed_config_does_not_resume_silently(shards, runs, tmp_path):
     train(config(2, shards, tmp_path / "run", init, "data.foregrounds=null", "stop_after=2"), progress=False)
     with pytest.raises(ConfigError, match="different config"):
         train(config(2, shards, tmp_path / "run", init, "data.foregrounds=null", "optim.lr=0.5"), progress=False)
+
+
+def test_two_process_ddp_run_resumes_exactly(shards, runs, tmp_path):
+    """Two CPU processes (torchrun, gloo): one metrics log, per-rank data positions and RNG, exact resume."""
+    split = tmp_path / "split"  # one shard per rank at least: one sample per shard
+    split.mkdir()
+    for i, sample in enumerate(wds.WebDataset(sorted(map(str, shards.glob("*.tar"))), shardshuffle=False)):
+        with wds.TarWriter(str(split / f"shard-{i:06d}.tar")) as sink:
+            sink.write({k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")})
+    assert len(list(split.iterdir())) >= 2
+
+    def launch(out: Path, *extra: str) -> None:
+        args = [f"--set={o}" for o in (*SMALL, f"init={runs['stage1']}", "data.foregrounds=null", *extra)]
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vidlayer.cli",
+                        "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny", "--data", str(split),
+                        "--out", str(out), *args], check=True, capture_output=True, timeout=300)
+
+    launch(tmp_path / "straight")
+    launch(tmp_path / "resumed", "stop_after=2")
+    launch(tmp_path / "resumed")
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [m["step"] for m in straight] == [1, 2, 3, 4]  # written once, by the main process
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], rel=1e-5)
+    _, state = load_checkpoint(latest_checkpoint(tmp_path / "resumed" / "checkpoints"))
+    assert len(state["ranks"]) == 2
