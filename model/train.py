@@ -278,27 +278,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
     optimizer = accelerator.prepare(adamw)
     loader = _training_loader(config)
     names = {id(p): n for n, p in job.modules[0].named_parameters()}
-    trainable_names = [names[id(p)] for p in params]
-
-    step = 0
+    resumable = Resumable([names[id(p)] for p in params], params, adamw, schedule, ema, loader, accelerator)
     checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
-    if checkpoint is not None:
-        step, state = load_checkpoint(checkpoint)
-        if state["fingerprint"] != config.fingerprint():
-            raise ConfigError(f"{checkpoint} was written by a different config; use another OUT or --no-resume")
-        with torch.no_grad():
-            for name, p in zip(trainable_names, params):
-                p.copy_(state["trainable"][name])
-        restore_optimizer(adamw, state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if len(state["ranks"]) != accelerator.num_processes:
-            raise ConfigError(f"{checkpoint} was written by {len(state['ranks'])} processes, this run has "
-                              f"{accelerator.num_processes}; resume with the same number")
-        mine = state["ranks"][accelerator.process_index]
-        loader.load_state_dict(mine["data"])
-        torch.set_rng_state(mine["rng"])
+    step = resumable.restore(checkpoint, config.fingerprint()) if checkpoint is not None else 0
     _write_provenance(out, config, base, inherited)
     log = MetricsLog(out, resume_step=step, enabled=accelerator.is_main_process)
 
@@ -316,11 +298,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
             grad_norm = accelerator.clip_grad_norm_(params, config.optim.grad_clip) if accelerator.sync_gradients \
                 else None
             optimizer.step()
-            schedule.step()
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
             continue
         step += 1
+        schedule.step()
         if ema is not None:
             ema.step(params)
         loss_value = float(accelerator.gather(loss.detach()).mean())
@@ -332,22 +314,59 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
             log.write(step, {"loss": loss_value, "lr": schedule.get_last_lr()[0],
                              "grad_norm": float(grad_norm) if grad_norm is not None else None, **metrics})
         if step % config.checkpoint_every == 0 or step == stop:
-            # Every rank reads its own shards and draws its own noise: keep each rank's position and RNG.
-            ranks = gather_object([{"data": loader.state_dict(), "rng": torch.get_rng_state()}])
-            if accelerator.is_main_process:
-                save_checkpoint(out / "checkpoints", step, {
-                    "fingerprint": config.fingerprint(),
-                    "trainable": {n: p for n, p in zip(trainable_names, params)},
-                    "optimizer": optimizer_state(adamw),
-                    "schedule": schedule.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "ranks": ranks,
-                })
+            resumable.save(out / "checkpoints", step, config.fingerprint())
     bar.close()
     if step >= config.optim.max_steps and accelerator.is_main_process:
         _finish(job, ema, params, out, config, log)
     accelerator.end_training()
     return out
+
+
+@dataclass
+class Resumable:
+    """What a checkpoint holds besides the config: the trained weights, optimizer, schedule, EMA,
+    and each process's data position and RNG (every rank reads its own shards, draws its own noise)."""
+
+    names: list[str]
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    ema: EMAModel | None
+    loader: LayerLoader | CachedLoader
+    accelerator: Accelerator
+
+    def save(self, folder: Path, step: int, fingerprint: str) -> None:
+        ranks = gather_object([{"data": self.loader.state_dict(), "rng": torch.get_rng_state()}])
+        if self.accelerator.is_main_process:
+            save_checkpoint(folder, step, {
+                "fingerprint": fingerprint,
+                "trainable": dict(zip(self.names, self.params)),
+                "optimizer": optimizer_state(self.optimizer),
+                "schedule": self.schedule.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "ranks": ranks,
+            })
+
+    def restore(self, checkpoint: Path, fingerprint: str) -> int:
+        """Load a checkpoint into everything; returns its step."""
+        step, state = load_checkpoint(checkpoint)
+        if state["fingerprint"] != fingerprint:
+            raise ConfigError(f"{checkpoint} was written by a different config; use another OUT or --no-resume")
+        processes = self.accelerator.num_processes
+        if len(state["ranks"]) != processes:
+            raise ConfigError(f"{checkpoint} was written by {len(state['ranks'])} processes, this run has "
+                              f"{processes}; resume with the same number")
+        with torch.no_grad():
+            for name, p in zip(self.names, self.params):
+                p.copy_(state["trainable"][name])
+        restore_optimizer(self.optimizer, state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        mine = state["ranks"][self.accelerator.process_index]
+        self.loader.load_state_dict(mine["data"])
+        torch.set_rng_state(mine["rng"])
+        return step
 
 
 def _training_loader(config: TrainConfig) -> LayerLoader | CachedLoader:

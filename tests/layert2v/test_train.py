@@ -140,6 +140,16 @@ def test_stage2_trains_from_a_latent_cache(shards, runs, tmp_path):
     assert len(read_metrics(run)) == 4
 
 
+def test_gradient_accumulation_counts_optimizer_steps(shards, runs, tmp_path):
+    init = f"init={runs['stage1']}"
+    single = train(config(2, shards, tmp_path / "single", init, "data.foregrounds=null"), progress=False)
+    accumulated = train(config(2, shards, tmp_path / "accumulated", init, "data.foregrounds=null",
+                               "optim.grad_accum=2"), progress=False)
+    lrs = [m["lr"] for m in read_metrics(single)]
+    assert [m["step"] for m in read_metrics(accumulated)] == [1, 2, 3, 4]
+    assert [m["lr"] for m in read_metrics(accumulated)] == pytest.approx(lrs)
+
+
 def test_config_errors_are_one_clear_line(shards, tmp_path):
     with pytest.raises(ConfigError, match="unknown settings"):
         config(2, shards, tmp_path / "x", "optim.learning_rate=1")
