@@ -61,7 +61,8 @@ def get_preset(name: str) -> Preset:
 
 def random_backbone(name: str, dtype: torch.dtype = torch.float32) -> WanTransformer3DModel:
     """A preset's Wan transformer with random weights (benchmarks, tests)."""
-    return WanTransformer3DModel(**get_preset(name).transformer).to(dtype)
+    model = WanTransformer3DModel(**get_preset(name).transformer)
+    return model if dtype == torch.float32 else model.to(dtype)
 
 
 def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:

@@ -258,6 +258,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     inherited = run_provenance(config.init) if config.init else {}
+    loader = _training_loader(config)
     base = _base_model(config, inherited, out)
     mixed = config.mixed_precision
     if mixed == "auto":
@@ -276,7 +277,6 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
     model = accelerator.prepare(job.modules[0])
     # The schedule stays unprepared: accelerate would step it once per process, and ours counts optimizer steps.
     optimizer = accelerator.prepare(adamw)
-    loader = _training_loader(config)
     names = {id(p): n for n, p in job.modules[0].named_parameters()}
     resumable = Resumable([names[id(p)] for p in params], params, adamw, schedule, ema, loader, accelerator)
     checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
@@ -370,12 +370,16 @@ class Resumable:
 
 
 def _training_loader(config: TrainConfig) -> LayerLoader | CachedLoader:
-    if config.latent_cache and config.stage != "alpha_vae":
-        data = config.data
-        return CachedLoader(config.latent_cache, data.batch_size, data.seed, data.shuffle_buffer, data.caption_dropout,
-                            data.foregrounds)
-    split = "train" if config.stage == "alpha_vae" and config.holdout > 0 else "all"
-    return LayerLoader(dataclasses.replace(config.data, split=split, holdout=config.holdout))
+    """The stage's data; a missing or empty source is the user's to fix, so it is a ConfigError."""
+    data = config.data
+    try:
+        if config.latent_cache and config.stage != "alpha_vae":
+            return CachedLoader(config.latent_cache, data.batch_size, data.seed, data.shuffle_buffer,
+                                data.caption_dropout, data.foregrounds)
+        split = "train" if config.stage == "alpha_vae" and config.holdout > 0 else "all"
+        return LayerLoader(dataclasses.replace(data, split=split, holdout=config.holdout))
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"{e} (build shards with `make demo` or `vidlayer build`)") from None
 
 
 def _finish(job, ema, params, out: Path, config: TrainConfig, log: MetricsLog) -> None:

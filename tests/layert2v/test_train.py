@@ -157,6 +157,8 @@ def test_config_errors_are_one_clear_line(shards, tmp_path):
         load_config(CONFIGS / "stage2.yaml", preset="huge")
     with pytest.raises(ConfigError, match="no training config"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="make demo"):
+        train(config(1, tmp_path / "no-shards", tmp_path / "z"), progress=False)
     with pytest.raises(ConfigError, match="not a training run"):
         train(config(2, shards, tmp_path / "y", f"init={tmp_path}"), progress=False)
 
