@@ -69,6 +69,7 @@ class DataConfig:
     holdout: float = 0.1
     num_workers: int = 0
     repeat: bool = True
+    alpha_only: bool = False  # decode only the mattes (stage 1 trains on nothing else)
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
@@ -100,10 +101,11 @@ class LayerSample:
     key: str
     videos: dict[str, torch.Tensor]
     prompts: list[str]
+    num_foregrounds: int
 
     @property
     def layout(self) -> Layout:
-        return Layout((len(self.videos) - 2) // 2)
+        return Layout(self.num_foregrounds)
 
 
 @dataclass
@@ -284,7 +286,7 @@ def _load_sample(encoded: _Encoded, config: DataConfig, rng: random.Random) -> L
     indices = frame_indices(encoded.fps, config.fps, config.num_frames, start)
     # Decoding stops at the last frame used: the rest of the clip is never decoded.
     frames = {name: decode_video(data, grey=name.startswith("alpha"), max_frames=indices[-1] + 1)
-              for name, data in encoded.members.items()}
+              for name, data in encoded.members.items() if not config.alpha_only or name.startswith("alpha")}
     if len({f.shape[1:3] for f in frames.values()}) > 1:
         raise ValueError(f"layers differ in size: {sorted({f.shape[1:3] for f in frames.values()})}")
     available = min(len(f) for f in frames.values())
@@ -304,7 +306,7 @@ def _load_sample(encoded: _Encoded, config: DataConfig, rng: random.Random) -> L
         prompts = [""] * len(encoded.prompts)
     else:
         prompts = ["" if rng.random() < config.slot_dropout else p for p in encoded.prompts]
-    return LayerSample(encoded.key, videos, prompts)
+    return LayerSample(encoded.key, videos, prompts, encoded.num_foregrounds)
 
 
 def _collate(samples: Sequence[LayerSample]) -> LayerBatch:
@@ -312,7 +314,8 @@ def _collate(samples: Sequence[LayerSample]) -> LayerBatch:
     layout = samples[0].layout
     if any(s.layout != layout for s in samples):
         raise ValueError("a batch must have a single foreground count")
-    videos = {name: torch.stack([s.videos[name] for s in samples]) for name in layout.names}
+    videos = {name: torch.stack([s.videos[name] for s in samples]) for name in layout.names
+              if name in samples[0].videos}
     return LayerBatch(layout, videos, [s.prompts for s in samples], [s.key for s in samples])
 
 

@@ -376,8 +376,10 @@ def _training_loader(config: TrainConfig) -> LayerLoader | CachedLoader:
         if config.latent_cache and config.stage != "alpha_vae":
             return CachedLoader(config.latent_cache, data.batch_size, data.seed, data.shuffle_buffer,
                                 data.caption_dropout, data.foregrounds)
-        split = "train" if config.stage == "alpha_vae" and config.holdout > 0 else "all"
-        return LayerLoader(dataclasses.replace(data, split=split, holdout=config.holdout))
+        if config.stage == "alpha_vae":
+            return LayerLoader(dataclasses.replace(data, split="train" if config.holdout > 0 else "all",
+                                                   holdout=config.holdout, alpha_only=True))
+        return LayerLoader(data)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"{e} (build shards with `make demo` or `vidlayer build`)") from None
 
@@ -391,7 +393,7 @@ def _finish(job, ema, params, out: Path, config: TrainConfig, log: MetricsLog) -
     if isinstance(job, AlphaAdaptation) and config.holdout > 0:
         held = LayerLoader(dataclasses.replace(config.data, split="holdout", holdout=config.holdout, repeat=False,
                                                batch_size=1, random_crop=False, shuffle_buffer=0,
-                                               caption_dropout=0.0))
+                                               caption_dropout=0.0, alpha_only=True))
         try:
             batches = [b for _, b in zip(range(config.eval_batches), held)]
         except ValueError as e:  # no clip fell into the held-out share

@@ -102,6 +102,13 @@ def test_batch_holds_named_layers_in_slot_order_and_range(shards):
         assert batch.prompts == slots
 
 
+def test_alpha_only_decodes_just_the_mattes(shards):
+    for batch in LayerLoader(config(shards, alpha_only=True, repeat=False)):
+        k = batch.layout.num_foregrounds
+        assert list(batch.videos) == [f"alpha{i}" for i in range(k)]
+        assert batch.videos["alpha0"].shape[1] == 1
+
+
 def test_lower_rate_takes_every_other_frame(shards):
     batch = next(iter(LayerLoader(config(shards, fps=8.0, num_frames=5, random_crop=False, height=16, width=16))))
     frames = torch.arange(0, FRAMES, 2)
