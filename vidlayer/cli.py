@@ -156,6 +156,8 @@ def train(
         folder = run_training(cfg, resume=resume)
     except ConfigError as e:
         raise fail(str(e)) from None
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary per training, not one per process
+        return
     run = json.loads((folder / "run.json").read_text())
     state = "finished" if run["finished"] else "paused (run again to resume)"
     console.print(f"{cfg.stage} {state}: [bold]{folder}[/] (loss curve {folder / 'loss.png'})")
