@@ -64,7 +64,6 @@ def cache_latents(config: DataConfig, vae: LayerVAE, text: TextEncoder, text_len
         stale.unlink()
     config = replace(config, repeat=False, random_crop=False, caption_dropout=0.0, slot_dropout=0.0,
                      batch_size=1, shuffle_buffer=0)
-    device, dtype = vae.vae.device, vae.vae.dtype
 
     with torch.no_grad():
         empty = text.encode([""], text_length)[0].cpu().contiguous()
@@ -78,11 +77,8 @@ def cache_latents(config: DataConfig, vae: LayerVAE, text: TextEncoder, text_len
     try:
         with torch.no_grad(), tqdm(desc="caching latents", unit="clip", disable=not progress) as bar:
             for batch in LayerLoader(config):
-                latents = {}
-                for name, video in batch.videos.items():
-                    video = video.to(device, dtype)
-                    latent = vae.encode_alpha(video) if name.startswith("alpha") else vae.encode_video(video)
-                    latents[name] = latent[0].cpu().contiguous()
+                latents = {name: vae.encode_layer(name, video)[0].cpu().contiguous()
+                           for name, video in batch.videos.items()}
                 prompts = batch.prompts[0]
                 embeds = text.encode(prompts, text_length).cpu().contiguous()
                 writer.write({

@@ -204,24 +204,18 @@ class LayerT2VPipeline:
 
     def encode_prompts(self, prompts: Sequence[LayerPrompts]) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, P, S, D] prompt and negative-prompt embeddings, one row per slot."""
-        slots = [p.slots() for p in prompts]
-        flat = [text for row in slots for text in row]
-        negatives = [text for p in prompts for text in p.negative_slots()]
-        embeds = self.text_encoder.encode(flat + negatives, self.text_length).to(self.device)
-        positive, negative = embeds.chunk(2)
-        shape = (len(prompts), len(slots[0]), *embeds.shape[1:])
-        return positive.reshape(shape), negative.reshape(shape)
+        rows = [p.slots() for p in prompts] + [p.negative_slots() for p in prompts]
+        positive, negative = self.text_encoder.encode_slots(rows, self.text_length).to(self.device).chunk(2)
+        return positive, negative
 
     @torch.no_grad()
     def encode_layers(self, videos: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Given layers as float [T, H, W, 3] (alpha [T, H, W]) in [0, 1] -> latents [1, C, T', H', W']."""
         latents = {}
         for name, video in videos.items():
-            frames = torch.from_numpy(np.ascontiguousarray(video, dtype=np.float32)).to(self.device)
-            if name.startswith("alpha"):
-                latents[name] = self.vae.encode_alpha(frames[None, None])
-            else:
-                latents[name] = self.vae.encode_video(frames.permute(3, 0, 1, 2)[None] * 2 - 1)
+            frames = torch.from_numpy(np.ascontiguousarray(video, dtype=np.float32))
+            frames = frames[None, None] if frames.ndim == 3 else frames.permute(3, 0, 1, 2)[None] * 2 - 1
+            latents[name] = self.vae.encode_layer(name, frames)
         return latents
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -38,6 +39,10 @@ class TextEncoder(torch.nn.Module):
     @property
     def dim(self) -> int:
         return self.model.config.d_model
+
+    def encode_slots(self, rows: Sequence[Sequence[str]], max_length: int) -> torch.Tensor:
+        """[B, P, S, D] for B rows of P prompt slots each, in one encoder call."""
+        return self.encode([text for row in rows for text in row], max_length).unflatten(0, (len(rows), -1))
 
     @torch.no_grad()
     def encode(self, prompts: list[str], max_length: int) -> torch.Tensor:

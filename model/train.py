@@ -226,14 +226,8 @@ class LayerLearning:
     @torch.no_grad()
     def encode(self, batch: LayerBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed clean latents [B, C, L*T', H', W'] and prompt embeddings [B, P, S, D], fp32."""
-        layers = {}
-        for name, video in batch.videos.items():
-            video = video.to(self.vae.vae.device, self.vae.vae.dtype)
-            latent = self.vae.encode_alpha(video) if name.startswith("alpha") else self.vae.encode_video(video)
-            layers[name] = latent.float()
-        flat = [text for prompts in batch.prompts for text in prompts]
-        embeds = self.text.encode(flat, self.text_length).float()
-        return batch.layout.pack(layers), embeds.unflatten(0, (len(batch.prompts), -1))
+        layers = {name: self.vae.encode_layer(name, video).float() for name, video in batch.videos.items()}
+        return batch.layout.pack(layers), self.text.encode_slots(batch.prompts, self.text_length).float()
 
     def loss(self, batch: LayerBatch | CachedBatch, model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         if isinstance(batch, CachedBatch):

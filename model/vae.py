@@ -200,6 +200,11 @@ class LayerVAE(nn.Module):
             return self._downsample(alpha)
         return self.encode_video(self.project_in(alpha.to(self.vae.dtype)))
 
+    def encode_layer(self, name: str, video: torch.Tensor) -> torch.Tensor:
+        """Latents of a layer named as in `Layout.names`: mattes through the alpha path, the rest as RGB videos."""
+        video = video.to(self.latents_mean.device, self.vae.dtype)
+        return self.encode_alpha(video) if name.startswith("alpha") else self.encode_video(video)
+
     def decode_alpha(self, latents: torch.Tensor) -> torch.Tensor:
         """Alpha matte [B, 1, T, H, W] in [0, 1]: the grey decoded video (with the LoRA, if added) mapped back."""
         if self.alpha_mode == "downsample":
