@@ -119,7 +119,9 @@ def load_config(path: str | Path, preset: str | None = None, data: str | None = 
         *parents, leaf = key.split(".")
         node = raw
         for part in parents:
-            node = node.setdefault(part, {}) if isinstance(node.get(part), dict) or part not in node else node[part]
+            if not isinstance(node.get(part), dict):  # absent, or null like the tiny preset's `lora`
+                node[part] = {}
+            node = node[part]
         node[leaf] = yaml.safe_load(text)
     if data is not None:
         raw.setdefault("data", {})["shards"] = data

@@ -150,6 +150,12 @@ def test_gradient_accumulation_counts_optimizer_steps(shards, runs, tmp_path):
     assert [m["lr"] for m in read_metrics(accumulated)] == pytest.approx(lrs)
 
 
+def test_overrides_reach_into_sections_the_preset_left_null(shards, tmp_path):
+    cfg = config(2, shards, tmp_path / "x", "lora.rank=8")  # tiny sets `lora: null`
+    assert (cfg.lora.rank, cfg.lora.alpha) == (8, 392)
+    assert config(2, shards, tmp_path / "x").lora is None
+
+
 def test_config_errors_are_one_clear_line(shards, tmp_path):
     with pytest.raises(ConfigError, match="unknown settings"):
         config(2, shards, tmp_path / "x", "optim.learning_rate=1")
