@@ -187,8 +187,9 @@ def test_two_process_ddp_run_resumes_exactly(shards, runs, tmp_path):
 
     def launch(out: Path, *extra: str) -> None:
         args = [f"--set={o}" for o in (*SMALL, f"init={runs['stage1']}", "data.foregrounds=null", *extra)]
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vidlayer.cli",
-                        "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny", "--data", str(split),
+        # --standalone picks a free rendezvous port, so two test runs on one machine do not collide.
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "vidlayer.cli", "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny", "--data", str(split),
                         "--out", str(out), *args], check=True, capture_output=True, timeout=300)
 
     launch(tmp_path / "straight")
