@@ -189,8 +189,9 @@ def test_two_process_ddp_run_resumes_exactly(shards, runs, tmp_path):
         args = [f"--set={o}" for o in (*SMALL, f"init={runs['stage1']}", "data.foregrounds=null", *extra)]
         # --standalone picks a free rendezvous port, so two test runs on one machine do not collide.
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "vidlayer.cli", "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny", "--data", str(split),
-                        "--out", str(out), *args], check=True, capture_output=True, timeout=300)
+                        "-m", "vidlayer.cli", "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny",
+                        "--data", str(split), "--out", str(out), *args],
+                       check=True, capture_output=True, timeout=300)
 
     launch(tmp_path / "straight")
     launch(tmp_path / "resumed", "stop_after=2")
