@@ -40,6 +40,7 @@ from .flow import flow_matching_loss, sample_tasks, task_mask
 from .plots import plot_loss_curve
 from .presets import get_preset, write_tiny_checkpoint
 from .runs import ConfigError, run_provenance
+from .sharding import gather, is_sharded, placed_like, shard_optimizer_state, shard_transformer, unsharded_copy
 from .text import TextEncoder
 from .transformer import LayeredWanTransformer
 from .vae import LayerVAE
@@ -86,6 +87,7 @@ class TrainConfig:
     layer_routing: bool = True
     ema_decay: float | None = 0.9999
     mixed_precision: str = "auto"
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes: replicate the DiT, or shard it (14B)
     gradient_checkpointing: bool = False
     checkpoint_every: int = 500
     log_every: int = 10
@@ -133,9 +135,12 @@ def load_config(path: str | Path, preset: str | None = None, data: str | None = 
         for name, cls in sections.items():
             if raw.get(name) is not None:
                 raw[name] = build_dataclass(cls, raw[name], f"{path.name}: {name}")
-        return build_dataclass(TrainConfig, raw, path.name)
+        config = build_dataclass(TrainConfig, raw, path.name)
     except (PipelineError, ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
+    if config.parallel == "fsdp" and config.stage == "alpha_vae":
+        raise ConfigError(f"{path.name}: stage 1 trains a small VAE adapter; use parallel: ddp")
+    return config
 
 
 def _merge(base: dict, extra: dict) -> None:
@@ -174,7 +179,9 @@ class AlphaAdaptation:
         report["clips"] = sum(len(b.keys) for b in batches)
         return report
 
-    def export(self, folder: Path) -> dict[str, str]:
+    def export(self, folder: Path, write: bool = True) -> dict[str, str]:
+        if not write:
+            return {}
         self.vae.save_adapter(folder / "alpha_adapter")
         return {"alpha_adapter": str(folder / "alpha_adapter")}
 
@@ -203,11 +210,12 @@ class LayerLearning:
         if not config.latent_cache:  # with a cache the encoders never run
             self.vae, self.text = frozen_encoders(base, inherited, device)
         self.text_length = get_preset(config.preset).text_length
+        home = torch.device("cpu") if config.parallel == "fsdp" else device  # FSDP moves each shard to the device
         if inherited.get("transformer"):  # a fully fine-tuned earlier stage
-            self.transformer = LayeredWanTransformer.from_pretrained(inherited["transformer"]).to(device)
+            self.transformer = LayeredWanTransformer.from_pretrained(inherited["transformer"]).to(home)
         else:
             self.transformer = LayeredWanTransformer.from_wan(base, positions=config.positions,
-                                                              layer_routing=config.layer_routing).to(device)
+                                                              layer_routing=config.layer_routing).to(home)
         if config.lora is not None:
             self.transformer.add_lora(config.lora.rank, config.lora.alpha)
         if inherited.get("layer_weights"):
@@ -241,11 +249,15 @@ class LayerLearning:
         loss, per_layer = flow_matching_loss(model, latents, prompts, batch.layout, conditioning, self.config.shift)
         return loss, {f"loss/{name}": v for name, v in per_layer.items()} | {"foregrounds": batch.layout.num_foregrounds}
 
-    def export(self, folder: Path) -> dict[str, str]:
+    def export(self, folder: Path, write: bool = True) -> dict[str, str]:
+        """Every process calls this: a sharded transformer is gathered first."""
+        transformer = unsharded_copy(self.transformer, write) if is_sharded(self.transformer) else self.transformer
+        if not write:
+            return {}
         if self.config.lora is None:
-            self.transformer.save_pretrained(folder / "transformer")
+            transformer.save_pretrained(folder / "transformer")
             return {"transformer": str(folder / "transformer")}
-        self.transformer.save_layer_weights(folder / "layer_weights")
+        transformer.save_layer_weights(folder / "layer_weights")
         return {"layer_weights": str(folder / "layer_weights")}
 
 
@@ -265,12 +277,16 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
 
     job_cls = AlphaAdaptation if config.stage == "alpha_vae" else LayerLearning
     job = job_cls(config, base, inherited, accelerator.device)
-    params = job.parameters()
+    if config.parallel == "fsdp":  # sharded here, not by accelerate, which wraps models in FSDP on GPUs only
+        shard_transformer(job.transformer, accelerator.device, mixed)
+        model = job.transformer
+    else:
+        model = accelerator.prepare(job.modules[0])
+    params = job.parameters()  # after sharding: FSDP replaces each parameter by its shard
     adamw = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas),
                               weight_decay=config.optim.weight_decay)
     schedule = get_cosine_schedule_with_warmup(adamw, config.optim.warmup_steps, config.optim.max_steps)
     ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True) if config.ema_decay else None
-    model = accelerator.prepare(job.modules[0])
     # The schedule stays unprepared: accelerate would step it once per process, and ours counts optimizer steps.
     optimizer = accelerator.prepare(adamw)
     names = {id(p): n for n, p in job.modules[0].named_parameters()}
@@ -291,8 +307,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
             with accelerator.autocast():
                 loss, metrics = job.loss(batch, model)
             accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(params, config.optim.grad_clip) if accelerator.sync_gradients \
-                else None
+            grad_norm = gather(accelerator.clip_grad_norm_(params, config.optim.grad_clip)) \
+                if accelerator.sync_gradients else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
@@ -312,8 +328,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
         if step % config.checkpoint_every == 0 or step == stop:
             resumable.save(out / "checkpoints", step, config.fingerprint())
     bar.close()
-    if step >= config.optim.max_steps and accelerator.is_main_process:
-        _finish(job, ema, params, out, config, log)
+    if step >= config.optim.max_steps:
+        _finish(job, ema, params, out, config, log, accelerator.is_main_process)
     accelerator.end_training()
     return out
 
@@ -332,16 +348,16 @@ class Resumable:
     accelerator: Accelerator
 
     def save(self, folder: Path, step: int, fingerprint: str) -> None:
+        """Every process calls this (sharded tensors are gathered whole); the main one writes."""
         ranks = gather_object([{"data": self.loader.state_dict(), "rng": torch.get_rng_state()}])
+        tensors = gather({
+            "trainable": dict(zip(self.names, self.params)),
+            "optimizer": optimizer_state(self.optimizer),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        })
         if self.accelerator.is_main_process:
-            save_checkpoint(folder, step, {
-                "fingerprint": fingerprint,
-                "trainable": dict(zip(self.names, self.params)),
-                "optimizer": optimizer_state(self.optimizer),
-                "schedule": self.schedule.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "ranks": ranks,
-            })
+            save_checkpoint(folder, step, {"fingerprint": fingerprint, **tensors,
+                                           "schedule": self.schedule.state_dict(), "ranks": ranks})
 
     def restore(self, checkpoint: Path, fingerprint: str) -> int:
         """Load a checkpoint into everything; returns its step."""
@@ -354,11 +370,12 @@ class Resumable:
                               f"{processes}; resume with the same number")
         with torch.no_grad():
             for name, p in zip(self.names, self.params):
-                p.copy_(state["trainable"][name])
-        restore_optimizer(self.optimizer, state["optimizer"])
+                p.copy_(placed_like(state["trainable"][name], p))
+        restore_optimizer(self.optimizer, shard_optimizer_state(state["optimizer"], self.params))
         self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            shadow = [placed_like(s, p) for s, p in zip(state["ema"]["shadow_params"], self.params)]
+            self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
         mine = state["ranks"][self.accelerator.process_index]
         self.loader.load_state_dict(mine["data"])
         torch.set_rng_state(mine["rng"])
@@ -380,13 +397,16 @@ def _training_loader(config: TrainConfig) -> LayerLoader | CachedLoader:
         raise ConfigError(f"{e} (build shards with `make demo` or `vidlayer build`)") from None
 
 
-def _finish(job, ema, params, out: Path, config: TrainConfig, log: MetricsLog) -> None:
-    """Export the (EMA) adapters, evaluate stage 1 on held-out clips, draw the loss curve."""
+def _finish(job, ema, params, out: Path, config: TrainConfig, log: MetricsLog, is_main_process: bool) -> None:
+    """Export the (EMA) adapters, evaluate stage 1 on held-out clips, draw the loss curve.
+
+    Every process calls this, so that a sharded model can be gathered; the main one writes.
+    """
     if ema is not None:
         ema.store(params)
         ema.copy_to(params)
-    exported = job.export(out / "final")
-    if isinstance(job, AlphaAdaptation) and config.holdout > 0:
+    exported = job.export(out / "final", write=is_main_process)
+    if is_main_process and isinstance(job, AlphaAdaptation) and config.holdout > 0:
         held = LayerLoader(dataclasses.replace(config.data, split="holdout", holdout=config.holdout, repeat=False,
                                                batch_size=1, random_crop=False, shuffle_buffer=0,
                                                caption_dropout=0.0, alpha_only=True))
@@ -401,11 +421,13 @@ def _finish(job, ema, params, out: Path, config: TrainConfig, log: MetricsLog) -
             exported["eval"] = str(out / "eval.json")
     if ema is not None:
         ema.restore(params)
+    log.close()
+    if not is_main_process:
+        return
     provenance = json.loads((out / "run.json").read_text())
     provenance.update(exported)
     provenance["finished"] = True
     (out / "run.json").write_text(json.dumps(provenance, indent=2))
-    log.close()
     plot_loss_curve(out / "metrics.jsonl", out / "loss.png", title=f"{config.stage} ({config.preset})")
 
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,16 @@ def test_config_errors_are_one_clear_line(shards, tmp_path):
         train(config(1, tmp_path / "no-shards", tmp_path / "z"), progress=False)
     with pytest.raises(ConfigError, match="not a training run"):
         train(config(2, shards, tmp_path / "y", f"init={tmp_path}"), progress=False)
+    with pytest.raises(ConfigError, match="use parallel: ddp"):
+        config(1, shards, tmp_path / "x", "parallel=fsdp")
+    with pytest.raises(ConfigError, match="parallel"):
+        config(2, shards, tmp_path / "x", "parallel=zero3")
+
+
+def test_the_14b_preset_shards_and_the_others_replicate():
+    for stage in (2, 3):
+        assert load_config(CONFIGS / f"stage{stage}.yaml", preset="wan2.1-t2v-14b").parallel == "fsdp"
+        assert load_config(CONFIGS / f"stage{stage}.yaml", preset="wan2.1-t2v-1.3b").parallel == "ddp"
 
 
 def test_a_changed_config_does_not_resume_silently(shards, runs, tmp_path):
@@ -176,28 +187,84 @@ def test_a_changed_config_does_not_resume_silently(shards, runs, tmp_path):
         train(config(2, shards, tmp_path / "run", init, "data.foregrounds=null", "optim.lr=0.5"), progress=False)
 
 
-def test_two_process_ddp_run_resumes_exactly(shards, runs, tmp_path):
-    """Two CPU processes (torchrun, gloo): one metrics log, per-rank data positions and RNG, exact resume."""
-    split = tmp_path / "split"  # one shard per rank at least: one sample per shard
-    split.mkdir()
+@pytest.fixture(scope="module")
+def two_rank_shards(shards, tmp_path_factory) -> Path:
+    """One sample per shard, so that each of two processes reads shards of its own."""
+    split = tmp_path_factory.mktemp("split")
     for i, sample in enumerate(wds.WebDataset(sorted(map(str, shards.glob("*.tar"))), shardshuffle=False)):
         with wds.TarWriter(str(split / f"shard-{i:06d}.tar")) as sink:
             sink.write({k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")})
     assert len(list(split.iterdir())) >= 2
+    return split
 
-    def launch(out: Path, *extra: str) -> None:
-        args = [f"--set={o}" for o in (*SMALL, f"init={runs['stage1']}", "data.foregrounds=null", *extra)]
-        # --standalone picks a free rendezvous port, so two test runs on one machine do not collide.
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "vidlayer.cli", "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny",
-                        "--data", str(split), "--out", str(out), *args],
-                       check=True, capture_output=True, timeout=300)
 
-    launch(tmp_path / "straight")
-    launch(tmp_path / "resumed", "stop_after=2")
-    launch(tmp_path / "resumed")
-    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
-    assert [m["step"] for m in straight] == [1, 2, 3, 4]  # written once, by the main process
-    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], rel=1e-5)
-    _, state = load_checkpoint(latest_checkpoint(tmp_path / "resumed" / "checkpoints"))
-    assert len(state["ranks"]) == 2
+def torchrun_stage2(data: Path, init: Path, out: Path, *extra: str) -> Path:
+    """Stage 2 in two CPU processes (gloo). --standalone picks a free rendezvous port, so two test
+    runs on one machine do not collide."""
+    args = [f"--set={o}" for o in (*SMALL, f"init={init}", "data.foregrounds=null", *extra)]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "vidlayer.cli", "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny",
+                    "--data", str(data), "--out", str(out), *args],
+                   check=True, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(two_rank_shards, runs, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """For DDP and FSDP: a straight 4-step run and one stopped after 2 steps, then resumed."""
+    root = tmp_path_factory.mktemp("two_process")
+    made = {}
+    for parallel in ("ddp", "fsdp"):
+        launch = partial(torchrun_stage2, two_rank_shards, runs["stage1"])
+        straight = launch(root / f"{parallel}-straight", f"parallel={parallel}")
+        launch(root / f"{parallel}-resumed", f"parallel={parallel}", "stop_after=2")
+        resumed = launch(root / f"{parallel}-resumed", f"parallel={parallel}")
+        made[parallel] = {"straight": straight, "resumed": resumed}
+    return made
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_run_resumes_exactly(two_process_runs, parallel):
+    """One metrics log, per-rank data positions and RNG, and (FSDP) shards gathered and cut again."""
+    straight, resumed = two_process_runs[parallel]["straight"], two_process_runs[parallel]["resumed"]
+    assert [m["step"] for m in read_metrics(straight)] == [1, 2, 3, 4]  # written once, by the main process
+    assert [m["loss"] for m in read_metrics(resumed)] == pytest.approx([m["loss"] for m in read_metrics(straight)],
+                                                                       rel=1e-5)
+    _, end_a = load_checkpoint(latest_checkpoint(straight / "checkpoints"))
+    _, end_b = load_checkpoint(latest_checkpoint(resumed / "checkpoints"))
+    assert len(end_b["ranks"]) == 2
+    for name, tensor in end_a["trainable"].items():
+        torch.testing.assert_close(tensor, end_b["trainable"][name], rtol=1e-5, atol=1e-6)
+    for a, b in zip(end_a["ema"]["shadow_params"], end_b["ema"]["shadow_params"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_trains_and_exports_what_ddp_does(two_process_runs):
+    """Sharding changes where tensors live, not the maths: same losses, same exported model."""
+    ddp, fsdp = two_process_runs["ddp"]["straight"], two_process_runs["fsdp"]["straight"]
+    assert [m["loss"] for m in read_metrics(fsdp)] == pytest.approx([m["loss"] for m in read_metrics(ddp)], rel=1e-4)
+    _, ddp_state = load_checkpoint(latest_checkpoint(ddp / "checkpoints"))
+    _, fsdp_state = load_checkpoint(latest_checkpoint(fsdp / "checkpoints"))
+    for key, moment in ddp_state["optimizer"]["state"]["0"].items():
+        torch.testing.assert_close(fsdp_state["optimizer"]["state"]["0"][key], moment, rtol=1e-4, atol=1e-6)
+    exported = [LayerT2VPipeline.from_run(run).transformer.state_dict() for run in (ddp, fsdp)]
+    assert exported[0].keys() == exported[1].keys()
+    for name, tensor in exported[0].items():
+        torch.testing.assert_close(exported[1][name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_exports_a_lora_run(two_rank_shards, runs, tmp_path):
+    """With LoRA only LayerAdaLN and the adapter are trained, gathered and written."""
+    run = torchrun_stage2(two_rank_shards, runs["stage1"], tmp_path / "run", "parallel=fsdp",
+                          "lora={rank: 4, alpha: 4}", "optim.max_steps=2")
+    weights = Path(json.loads((run / "run.json").read_text())["layer_weights"])
+    _, state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    averaged = dict(zip(state["trainable"], state["ema"]["shadow_params"]))  # the export holds the EMA weights
+    lora = load_file(weights / "pytorch_lora_weights.safetensors")
+    assert len(lora) == len(averaged) - 1 and any(t.abs().sum() > 0 for k, t in lora.items() if "lora_B" in k)
+    for key, tensor in lora.items():
+        torch.testing.assert_close(tensor, averaged["backbone." + key.replace(".weight", ".default.weight")])
+    table = load_file(weights / "layer_weights.safetensors")["layer_modulation"]
+    torch.testing.assert_close(table, averaged["layer_modulation"])
+    pipe = LayerT2VPipeline.from_run(run)
+    assert pipe.transformer.has_lora
