@@ -15,7 +15,7 @@ PROMPT ?= a red ball bounces across a wooden table in a sunny kitchen
 FG ?= a red ball bouncing
 BG ?= a wooden table in a sunny kitchen
 
-.PHONY: install test demo bench bench-model train-stage1 train-stage2 train-stage3 sample clean
+.PHONY: install test demo bench bench-quality bench-model train-stage1 train-stage2 train-stage3 sample clean
 
 # torch is pinned through constraints.txt (a local CPU wheel here); pyproject.toml stays loose.
 $(INSTALLED): pyproject.toml constraints.txt
@@ -40,6 +40,10 @@ demo: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/bench_build.py
+
+# The default pipeline against ground truth (20 synth clips, the DAVIS clips) -> bench/out/quality/
+bench-quality: $(INSTALLED)
+	$(BIN)/python bench/bench_quality.py $(ARGS)
 
 # Layered vs plain Wan transformer training step; e.g. make bench-model ARGS="--preset wan2.1-t2v-1.3b --device cuda"
 bench-model: $(INSTALLED)

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
@@ -22,11 +21,11 @@ from rich.table import Table
 
 from vidlayer.build import build
 from vidlayer.config import load_pipeline
+from vidlayer.evaluation.speed import stage_rates
 from vidlayer.io.manifest import read_manifest
 from vidlayer.synth import synthesize
 
 OUT = Path(__file__).resolve().parent / "out"
-STAGES = ("decode", "filter", "window", "segment", "matte", "inpaint", "foreground", "caption", "quality", "write")
 
 
 def timed_build(raw: Path, workers: int) -> tuple[float, list[dict]]:
@@ -35,19 +34,6 @@ def timed_build(raw: Path, workers: int) -> tuple[float, list[dict]]:
     start = time.perf_counter()
     build(raw, out, load_pipeline("default"), workers=workers, executor="ray", console=Console(quiet=True))
     return time.perf_counter() - start, read_manifest(out / "manifest.parquet")
-
-
-def stage_rates(rows: list[dict]) -> dict[str, float]:
-    """Sample frames per second of one worker in each stage (decode and filter work on a small
-    proxy of the whole source, so theirs are per sample frame produced, not per frame read)."""
-    seconds, frames = defaultdict(float), defaultdict(float)
-    for row in rows:
-        if row["kind"] != "sample" or row["status"] != "written":
-            continue
-        for stage, spent in row["timings"].items():
-            seconds[stage] += spent
-            frames[stage] += row["frames"]
-    return {s: frames[s] / seconds[s] for s in STAGES if seconds.get(s)}
 
 
 def main() -> None:

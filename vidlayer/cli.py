@@ -120,6 +120,48 @@ def inspect(
         console.print(f"contact sheet of {chosen['__key__']}: [bold]{path}[/]")
 
 
+@app.command("eval")
+def evaluate_command(
+    pred: Annotated[Path, typer.Option(help="A `vidlayer build` output folder (shards/ and manifest.parquet).")],
+    gt: Annotated[Path, typer.Option(help="Ground truth: `vidlayer synth` output (gt/NAME/) or DAVIS layout "
+                                          "(gt/NAME/0000.png ...), matched by source video name.")],
+    report: Annotated[Optional[Path], typer.Option(help="Write a report (.md or .html) with pictures here.")] = None,
+    out_json: Annotated[Optional[Path], typer.Option("--json", help="Write every row and the means as JSON.")] = None,
+) -> None:
+    """Score built layers against ground truth: J and F, alpha, background, foreground colour, composite."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from vidlayer.evaluation.evaluate import evaluate
+    from vidlayer.evaluation.report import write_report
+
+    with Progress("scoring", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors) as bar:
+        task = bar.add_task("samples", total=None)
+        try:
+            evaluation = evaluate(pred, gt, on_sample=lambda row: bar.advance(task))
+        except (FileNotFoundError, ValueError) as e:
+            raise fail(str(e)) from None
+    summary = evaluation.summary()
+    table = Table(title=f"{pred} against {gt}")
+    for column in ("clip", "status", "J", "F", "alpha MSE", "bg PSNR covered", "confidence"):
+        table.add_column(column, justify="left" if column in ("clip", "status") else "right", no_wrap=column == "clip")
+    show = lambda v, digits=3: "-" if v is None else f"{v:.{digits}f}"
+    for row in evaluation.rows:
+        table.add_row(row["clip"], row["status"] if row["status"] == "scored" else f"{row['status']} ({row['reason']})",
+                      show(row.get("J")), show(row.get("F")), show(row.get("alpha_mse"), 5),
+                      show(row.get("bg_psnr_covered"), 1), show(row.get("confidence")))
+    console.print(table)
+    console.print(f"J {show(summary['J_all_clips'])}  F {show(summary['F_all_clips'])} over all {summary['clips']} "
+                  f"clips; alpha MSE {show(summary['alpha_mse'], 5)}, background PSNR where covered "
+                  f"{show(summary['bg_psnr_covered'], 1)} dB over {summary['samples_scored']} scored samples")
+    if out_json is not None:
+        out_json.write_text(json.dumps({"summary": summary, "rows": evaluation.rows}, indent=1))
+    if report is not None:
+        try:
+            console.print(f"report: [bold]{write_report(evaluation, pred, gt, report)}[/]")
+        except ValueError as e:
+            raise fail(str(e)) from None
+
+
 @app.command()
 def stages() -> None:
     """List the stages and backends a pipeline YAML can use, with their settings."""

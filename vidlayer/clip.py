@@ -92,6 +92,7 @@ class Clip:
     span: tuple[float, float] | None = None
     fps: float = 0.0
     frames: np.ndarray | None = None  # [T, H, W, 3] uint8
+    source_frames: np.ndarray | None = None  # [T] int, the source frame each frame was decoded from
     masks: np.ndarray | None = None  # [K, T, H, W] bool, one layer per foreground instance
     motion: Motion | None = None
     alphas: np.ndarray | None = None  # [K, T, H, W] float32 in [0, 1]

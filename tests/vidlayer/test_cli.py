@@ -86,3 +86,19 @@ def test_stages_lists_every_backend_of_the_default_pipeline():
     result = run("stages")
     for backend in ("motion", "guided", "propagate", "unmix", "webdataset"):
         assert backend in result.output
+
+
+def test_eval_prints_scores_and_writes_json_and_a_report(inline_build, raw, tmp_path):
+    out, _ = inline_build
+    result = run("eval", "--pred", out, "--gt", raw.parent, "--json", tmp_path / "eval.json",
+                 "--report", tmp_path / "report.html")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert len(saved["rows"]) == 3 and 0 < saved["summary"]["J_all_clips"] <= 1
+    assert f"J {saved['summary']['J_all_clips']:.3f}" in result.output
+    assert (tmp_path / "report.html").exists()
+
+
+def test_eval_refuses_a_folder_that_is_no_build(raw, tmp_path):
+    result = run("eval", "--pred", tmp_path, "--gt", raw.parent)
+    assert result.exit_code == 2 and "not a build output" in result.output

@@ -23,7 +23,7 @@ from vidlayer.stages.base import Resources, Stage, register
 class FilterParams:
     min_duration_s: float = 1.0
     max_duration_s: float = 600.0
-    min_fps: float = 15.0  # slower sources would repeat frames at the 16 fps training rate
+    min_fps: float = 8.0  # slower is a slideshow; the window stage keeps a rate below its own (no repeated frames)
     max_fps: float = 240.0
     min_short_side: int = 240
     max_long_side: int = 4096

@@ -2,7 +2,9 @@
 
 A window has 4n+1 frames (what the Wan VAE's 4x temporal compression expects) at a fixed
 frame rate, the short side scaled to the target and both sides rounded to a multiple of 16
-(8x VAE downsampling times 2x2 patches). Shots too short for `min_frames` are dropped.
+(8x VAE downsampling times 2x2 patches). A source slower than that rate keeps its own: no
+frame is repeated, which would also blind the segmenter's motion cues. Shots shorter than
+`min_frames` at `fps` are dropped.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from vidlayer.stages.base import Resources, Stage, register
 @dataclass
 class WindowParams:
     num_frames: int = 49  # frames per window; rounded down to 4n+1
-    min_frames: int = 17  # a shot shorter than this many frames at `fps` is dropped
-    fps: float = 16.0
+    min_frames: int = 17  # a shot shorter than this many frames at `fps` (min_frames / fps seconds) is dropped
+    fps: float = 16.0  # the window's rate, or the source's where that is slower
     short_side: int = 480
     size_multiple: int = 16
     upscale: bool = False  # scale sources with a smaller short side up to `short_side`
@@ -38,26 +40,28 @@ class Window(Stage):
     def process(self, clip: Clip) -> list[Clip]:
         p: WindowParams = self.params
         start, end = clip.span
-        available = int(np.floor((end - start) * p.fps + 1e-6))
+        rate = min(p.fps, clip.info.fps)
+        available = int(np.floor((end - start) * rate + 1e-6))
         frames = four_n_plus_one(min(p.num_frames, available))
-        if frames < max(p.min_frames, 1):
-            raise Drop("shot_too_short", f"{end - start:.2f} s gives {available} frames at {p.fps} fps, "
-                                         f"fewer than min_frames={p.min_frames}")
+        if frames < 1 or frames / rate < max(p.min_frames, 1) / p.fps - 1e-9:
+            raise Drop("shot_too_short", f"{end - start:.2f} s gives {frames} frames at {rate:g} fps, "
+                                         f"shorter than min_frames={p.min_frames} at {p.fps:g} fps")
         count = max(1, min(p.max_windows, available // frames))
         # Spread the windows evenly; a single window sits in the middle of the shot.
         slack = (available - count * frames) / (count + 1)
         size = target_size(clip.info.width, clip.info.height, p.short_side, p.size_multiple, p.upscale)
         windows = []
         for w in range(count):
-            first = start + (slack * (w + 1) + frames * w) / p.fps
-            times = first + np.arange(frames) / p.fps
-            windows.append(self._decode(clip, w, times, size))
+            first = start + (slack * (w + 1) + frames * w) / rate
+            times = first + np.arange(frames) / rate
+            windows.append(self._decode(clip, w, times, size, rate))
         return windows
 
-    def _decode(self, clip: Clip, index: int, times: np.ndarray, size: tuple[int, int]) -> Clip:
+    def _decode(self, clip: Clip, index: int, times: np.ndarray, size: tuple[int, int], rate: float) -> Clip:
         p: WindowParams = self.params
         info = clip.info
-        wanted = np.clip(np.round(times * info.fps).astype(int), 0, info.num_frames - 1)
+        # Round halves up: np.round's half-to-even would pick one frame twice when times fall between frames.
+        wanted = np.clip(np.floor(times * info.fps + 0.5).astype(int), 0, info.num_frames - 1)
         unique = np.unique(wanted)
         try:
             decoded, _ = read_frames(clip.path, unique, size, backend=p.decoder, threads=max(1, int(self.resources.cpus)))
@@ -68,8 +72,8 @@ class Window(Stage):
         frames = decoded[np.searchsorted(unique, wanted)]
         return Clip(
             key=f"{clip.key}w{index:02d}", input_key=clip.input_key, path=clip.path, source=clip.source,
-            captions=clip.captions, info=info, span=(float(times[0]), float(times[-1] + 1 / p.fps)), fps=p.fps,
-            frames=frames, metrics=dict(clip.metrics), timings=dict(clip.timings),
+            captions=clip.captions, info=info, span=(float(times[0]), float(times[-1] + 1 / rate)), fps=rate,
+            frames=frames, source_frames=wanted, metrics=dict(clip.metrics), timings=dict(clip.timings),
         )
 
 

@@ -51,6 +51,9 @@ class Write(Stage):
             "input_key": clip.input_key,
             "source": clip.source,
             "span_s": list(clip.span),
+            # Where each frame came from, so that `vidlayer eval` can line samples up with per-frame truth.
+            "source_frames": None if clip.source_frames is None else clip.source_frames.tolist(),
+            "source_size": [clip.info.width, clip.info.height] if clip.info else None,
             "fps": clip.fps,
             "frames": t,
             "width": w,

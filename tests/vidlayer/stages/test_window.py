@@ -52,3 +52,18 @@ def test_helpers():
     assert target_size(320, 240, 480, 16, False) == (320, 240)
     assert target_size(320, 240, 480, 16, True) == (640, 480)
     assert target_size(1080, 1920, 480, 16, False) == (480, 848)
+
+
+def test_a_slower_source_keeps_its_own_rate_and_repeats_no_frame(write_video, square_frames):
+    path = write_video("a.mp4", square_frames(16, 320, 240), fps=8)  # 2 s at 8 fps, like the DAVIS clips
+    [w] = windows(path, num_frames=49, fps=16, min_frames=17)
+    assert w.fps == 8 and len(w.frames) == 13
+    assert len(np.unique(w.source_frames)) == 13 and np.all(np.diff(w.source_frames) == 1)
+    with pytest.raises(Drop, match="shorter than min_frames=33 at 16 fps"):
+        windows(path, num_frames=49, fps=16, min_frames=33)
+
+
+def test_each_frame_records_its_source_frame(write_video, square_frames):
+    path = write_video("a.mp4", square_frames(48, 320, 240), fps=24)
+    [w] = windows(path, num_frames=17, fps=12)
+    assert np.array_equal(w.source_frames, np.floor((w.span[0] + np.arange(17) / 12) * 24 + 0.5).astype(int))

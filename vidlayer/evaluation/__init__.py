@@ -1,0 +1,1 @@
+"""Measuring built layers against ground truth: `vidlayer eval`."""

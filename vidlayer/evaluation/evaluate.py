@@ -1,0 +1,179 @@
+"""`vidlayer eval`: score the samples of a build against ground truth, clip by clip.
+
+Samples are matched to ground truth by their source video's name (`gt/NAME` for `NAME.mp4`).
+A clip the build dropped or failed, or never saw, gets a row with the reason and counts as
+J = F = 0 in the "all clips" means, so a pipeline cannot look better by dropping hard clips;
+the means over scored samples are reported beside them.
+
+Segmentation is scored on the union of the foreground layers (DAVIS 2016 is single-object)
+and per instance, each true layer matched to a predicted one. Mattes are compared as the
+union's coverage 1 - prod(1 - a_k), which does not depend on how instances were split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from vidlayer.build import SHARDS_DIR
+from vidlayer.io.manifest import read_manifest
+from vidlayer.io.shards import read_shard
+from vidlayer.io.video import decode_video
+from vidlayer.evaluation.metrics import (alpha_errors, boundary_accuracy, composite_error, masked_psnr, masked_ssim,
+                                         match_layers, region_similarity)
+from vidlayer.evaluation.truth import Truth, load_truth, truth_folders
+
+SUMMARY_METRICS = ("J", "F", "J_instances", "alpha_mse", "alpha_sad", "alpha_gradient", "alpha_dtssd",
+                   "bg_psnr_covered", "bg_ssim_covered", "bg_psnr_visible", "bg_ssim_visible", "fg_psnr",
+                   "composite_error", "confidence")
+
+
+@dataclass
+class Prediction:
+    """A built sample decoded: layer 0 on top."""
+
+    key: str
+    meta: dict[str, Any]
+    full: np.ndarray  # [T, H, W, 3] uint8
+    background: np.ndarray
+    foregrounds: np.ndarray  # [K, T, H, W, 3]
+    alphas: np.ndarray  # [K, T, H, W] float32
+
+    @classmethod
+    def from_sample(cls, sample: dict[str, Any]) -> Prediction:
+        meta = sample["json"]
+        layers = meta["layers"]
+        full = decode_video(sample[layers["full"]])
+        alphas = [decode_video(sample[name], grey=True).astype(np.float32) / 255 for name in layers["alpha"]]
+        foregrounds = [decode_video(sample[name]) for name in layers["foreground"]]
+        empty = (0, *full.shape[:3])
+        return cls(sample["__key__"], meta, full, decode_video(sample[layers["background"]]),
+                   np.stack(foregrounds) if foregrounds else np.zeros((*empty, 3), np.uint8),
+                   np.stack(alphas) if alphas else np.zeros(empty, np.float32))
+
+
+@dataclass
+class Evaluation:
+    """Per-sample rows (dropped and missing clips included) and their means."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def scored(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "scored"]
+
+    def summary(self) -> dict[str, Any]:
+        scored = self.scored
+        means = {name: _mean([r.get(name) for r in scored]) for name in SUMMARY_METRICS}
+        clips = {r["clip"] for r in self.rows}
+        # Every clip counts: one without a scored sample is a miss (0).
+        per_clip = {c: [r for r in scored if r["clip"] == c] for c in clips}
+        return {
+            "clips": len(clips),
+            "samples_scored": len(scored),
+            "clips_unscored": sorted(c for c, rows in per_clip.items() if not rows),
+            "J_all_clips": _mean([_mean([r["J"] for r in rows]) if rows else 0.0 for rows in per_clip.values()]),
+            "F_all_clips": _mean([_mean([r["F"] for r in rows]) if rows else 0.0 for rows in per_clip.values()]),
+            **means,
+            "confidence_vs_J": _rank_correlation([r.get("confidence") for r in scored], [r["J"] for r in scored]),
+        }
+
+
+def evaluate(pred_dir: str | Path, gt_dir: str | Path,
+             on_sample: Callable[[dict[str, Any]], None] | None = None) -> Evaluation:
+    """Score every sample of the build in `pred_dir` against the truth in `gt_dir`."""
+    pred_dir = Path(pred_dir)
+    folders = truth_folders(gt_dir)
+    shards = sorted((pred_dir / SHARDS_DIR).glob("shard-*.tar"))
+    manifest = pred_dir / "manifest.parquet"
+    if not shards and not manifest.exists():
+        raise FileNotFoundError(f"{pred_dir} is not a build output (no {SHARDS_DIR}/ shards, no manifest.parquet)")
+    evaluation = Evaluation()
+    seen: set[str] = set()
+    for shard in shards:
+        for sample in read_shard(shard):
+            name = Path(sample["json"]["source"]).stem
+            if name not in folders:
+                continue
+            seen.add(name)
+            row = score(Prediction.from_sample(sample), folders[name])
+            evaluation.rows.append(row)
+            if on_sample:
+                on_sample(row)
+    unmatched = set(folders) - seen
+    for entry in (read_manifest(manifest) if manifest.exists() else []):
+        name = Path(entry["source"]).stem
+        if entry["kind"] == "input" and name in unmatched and entry["status"] != "written":
+            evaluation.rows.append({"clip": name, "sample": entry["key"], "status": entry["status"],
+                                    "reason": f"{entry['stage']}: {entry['reason']}: {entry['message']}"})
+            unmatched.discard(name)
+    evaluation.rows += [{"clip": name, "sample": None, "status": "missing", "reason": "not in the build"}
+                        for name in sorted(unmatched)]
+    return evaluation
+
+
+def score(pred: Prediction, folder: Path) -> dict[str, Any]:
+    """All metrics of one sample that its truth allows."""
+    meta = pred.meta
+    if meta.get("source_frames") is None:
+        raise ValueError(f"sample {pred.key} does not record its source frames; rebuild it with this version")
+    height, width = pred.full.shape[1:3]
+    truth = load_truth(folder, np.asarray(meta["source_frames"]), (width, height))
+    pred_masks = pred.alphas > 0.5
+    union, true_union = pred_masks.any(axis=0), truth.masks.any(axis=0)
+    row: dict[str, Any] = {
+        "clip": truth.name, "sample": pred.key, "status": "scored",
+        "layers": len(pred.alphas), "true_layers": len(truth.masks),
+        "J": float(region_similarity(union, true_union).mean()),
+        "F": float(boundary_accuracy(union, true_union).mean()),
+        "J_instances": _instance_similarity(pred_masks, truth.masks),
+        "composite_error": composite_error(pred.full, pred.foregrounds, pred.alphas, pred.background),
+        "confidence": meta.get("metrics", {}).get("segment_confidence"),
+    }
+    if truth.has_layers:
+        row |= _layer_scores(pred, truth)
+    return row
+
+
+def _layer_scores(pred: Prediction, truth: Truth) -> dict[str, float]:
+    coverage = 1 - np.prod(1 - pred.alphas, axis=0)
+    true_coverage = 1 - np.prod(1 - truth.alphas, axis=0)
+    alpha = alpha_errors(coverage, true_coverage)
+    covered = true_coverage > 0  # where the background was hidden, at least in part, and had to be inpainted
+    pairs = match_layers(pred.alphas > 0.5, truth.masks)
+    fg = [masked_psnr(pred.foregrounds[p], truth.foregrounds[t], truth.alphas[t] > 0) for p, t in pairs]
+    return {
+        **{f"alpha_{name}": value for name, value in alpha.items()},
+        "bg_psnr_covered": masked_psnr(pred.background, truth.background, covered),
+        "bg_ssim_covered": masked_ssim(pred.background, truth.background, covered),
+        "bg_psnr_visible": masked_psnr(pred.background, truth.background, ~covered),
+        "bg_ssim_visible": masked_ssim(pred.background, truth.background, ~covered),
+        "fg_psnr": _mean(fg),
+    }
+
+
+def _instance_similarity(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean J over true layers, each against its matched predicted layer (0 if none)."""
+    if not len(truth):
+        return float(not pred.any())
+    matched = dict((t, p) for p, t in match_layers(pred, truth))
+    return float(np.mean([region_similarity(pred[matched[t]], truth[t]).mean() if t in matched else 0.0
+                          for t in range(len(truth))]))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _rank_correlation(x: list[float | None], y: list[float]) -> float | None:
+    """Spearman's rho: does a higher segmenter confidence mean a better J? (What the quality gate relies on.)"""
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None]
+    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return None
+    return float(spearmanr(*zip(*pairs)).statistic)
