@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from vidlayer.io.video import decode_video
 
@@ -81,7 +82,9 @@ def _davis_truth(folder: Path, source_frames: np.ndarray, size: tuple[int, int])
     if source_frames.max() >= len(pngs):
         raise ValueError(f"{folder.name}: the sample uses source frame {source_frames.max()}, "
                          f"the truth annotates {len(pngs)} frames")
-    annotations = np.stack([cv2.imread(str(pngs[i]), cv2.IMREAD_GRAYSCALE) for i in source_frames])
+    # Pillow, not cv2.imread: OpenCV's libpng fails ("bad parameters to zlib") once some other
+    # library has loaded its own zlib into the process, as a build with Ray and PyAV does.
+    annotations = np.stack([np.asarray(Image.open(pngs[i]).convert("L")) for i in source_frames])
     # Resize the 0/1 mask, not the grey levels: the annotations' soft edges come from resizing.
     masks = _resized((annotations > 127).astype(np.float32), size) > 0.5
     return Truth(folder.name, masks[None])

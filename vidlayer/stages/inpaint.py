@@ -8,9 +8,11 @@ filled with pixels that were background in other frames, brought over by the cam
    chaining them over a dozen frames adds up to a pixel, enough to smear texture. So each
    pair is refined once by ECC image registration (Evangelidis & Psarakis 2008) on the
    background both frames show, which brings chains down to a few hundredths of a pixel.
-2. Propagation: a hole pixel takes the nearest frame that saw background there, brought over
-   by the chained homography. Near frames look most alike (lighting, blur, noise) and keep
-   the fill steady over time.
+2. Propagation: a hole pixel is seen as background by other frames, brought over by the
+   chained homography; it takes the consensus of the nearest `votes` of them (the view closest
+   to their median). Near frames look most alike (lighting, blur, noise) and keep the fill
+   steady over time; the vote rejects views where the matte missed part of the subject, which
+   would otherwise be copied into every frame that borrows from them.
 3. Spatial fill: what no frame ever saw is filled by OpenCV's Telea inpainting.
 4. Seam: the fill fades into the original frame across the hole's margin, where the frame
    itself already shows background, so no edge is visible.
@@ -37,6 +39,7 @@ class PropagateInpaintParams:
     margin: float = 0.012  # the hole is grown by this share of the short side (matte errors, room for the seam)
     refine_iterations: int = 20  # ECC iterations refining each camera homography (0: use the flow's as they are)
     telea_radius: int = 5  # neighbourhood of Telea inpainting for never-seen pixels, pixels
+    votes: int = 17  # views of each hole pixel (nearest frames first) whose consensus fills it; 1: the nearest
 
 
 @register
@@ -59,7 +62,7 @@ class PropagateInpaint(Stage):
         unseen_total = 0
         for t in range(len(frames)):
             if holes[t].any():
-                filled, unseen = propagate(frames, holes, homographies, t)
+                filled, unseen = propagate(frames, holes, homographies, t, p.votes)
                 filled = fill_unseen(filled, unseen, p.telea_radius)
                 background[t] = blend_seam(frames[t], filled, cores[t], margin)
                 unseen_total += int(unseen.sum())
@@ -106,23 +109,40 @@ def mismatch(grey: np.ndarray, next_grey: np.ndarray, mask: np.ndarray, next_mas
     return float(np.abs(warp_to(grey, homography) - next_grey)[shared].mean())
 
 
-def propagate(frames: np.ndarray, holes: np.ndarray, homographies: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frame t with its hole filled from the other frames' background, nearest first; and what stayed unfilled."""
+def propagate(frames: np.ndarray, holes: np.ndarray, homographies: np.ndarray, t: int,
+              votes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Frame t with its hole filled from the other frames' background, and what stayed unfilled.
+
+    Each hole pixel gathers up to `votes` views, nearest frames first, and takes the one
+    closest to their median.
+    """
     filled = frames[t].copy()
-    remaining = holes[t].copy()
+    # Only the box around the hole is resampled.
+    y0, y1, x0, x1 = padded_box(holes[t], 0)
+    hole = holes[t][y0:y1, x0:x1]
+    size = (x1 - x0, y1 - y0)
+    views = np.full((votes, *hole.shape, 3), np.nan, np.float32)
+    count = np.zeros(hole.shape, np.int64)
     for s in sorted(range(len(frames)), key=lambda s: (abs(s - t), s)):
-        if s == t or not remaining.any():
+        wanted = hole & (count < votes)
+        if s == t or not wanted.any():
             continue
-        # Only the box around what is still unfilled is resampled.
-        y0, y1, x0, x1 = padded_box(remaining, 0)
         warp = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]]) @ chain_homographies(homographies, s, t)
-        size = (x1 - x0, y1 - y0)
         seen = cv2.warpPerspective((~holes[s]).astype(np.uint8), warp, size, flags=cv2.INTER_NEAREST) > 0
-        take = remaining[y0:y1, x0:x1] & seen
+        take = wanted & seen
         if take.any():
             source = cv2.warpPerspective(frames[s], warp, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-            filled[y0:y1, x0:x1][take] = source[take]
-            remaining[y0:y1, x0:x1] &= ~take
+            views[count[take], *np.nonzero(take)] = source[take]
+            count[take] += 1
+    found = count > 0
+    if found.any():
+        candidates = views[:, found]  # [votes, N, 3]
+        median = np.nanmedian(candidates, axis=0)
+        distance = np.nan_to_num(np.abs(candidates - median).sum(axis=-1), nan=np.inf)
+        chosen = candidates[distance.argmin(axis=0), np.arange(candidates.shape[1])]
+        filled[y0:y1, x0:x1][found] = chosen.astype(np.uint8)
+    remaining = np.zeros_like(holes[t])
+    remaining[y0:y1, x0:x1] = hole & ~found
     return filled, remaining
 
 

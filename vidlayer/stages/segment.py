@@ -39,6 +39,7 @@ from vidlayer.motion import backward_warp, camera_flow, estimate_motion, invert_
 from vidlayer.stages.base import Resources, Stage, register
 
 BRIGHTNESS_NOISE = 1.0  # grey levels of frame-to-frame change that no motion needs to explain (noise, compression)
+MAX_PAUSE_CANDIDATES = 12  # the most salient tracks considered for joining across a pause
 
 
 @dataclass
@@ -56,7 +57,7 @@ class MotionSegmentParams:
     merge_distance: float = 0.07  # smaller moving regions this close (share of the short side) join a layer
     join_reach: float = 0.2  # two tracks this close (share of the short side) that move together are one subject
     join_coherence: float = 0.3  # ... "together": mean residual motions differ by at most this share of the faster
-    max_pause: float = 1.0  # seconds a subject may stand still (or hide) and keep its mask, carried along the flow
+    max_pause: float = 1.0  # seconds a subject may stand still (or hide) at the clip's start or end and keep its mask
     refine: bool = True  # snap the masks to colour edges with GrabCut
     explained_change: float = 2.0  # grey levels of a pixel's change its own motion must explain to vouch for a layer
     core_closing: float = 0.04  # gaps this wide (share of the short side) between such pixels are closed, holes filled
@@ -109,6 +110,10 @@ class MotionSegmenter(Stage):
                        f"{p.motion_threshold} times the noise on its own while explaining its change in brightness "
                        f"(the strongest independent motion is {evidence.max():.1f} times the noise)")
         tracks = link_regions(labels, motion.flow, p.link_overlap)
+        # Before credibility is judged: each part of a subject that paused may be too brief alone.
+        stats = track_stats(tracks)
+        sizable = [int(i) + 1 for i in np.argsort(-stats["salience"]) if stats["area"][i] >= p.min_area_fraction]
+        tracks = join_pauses(tracks, backward, sizable[:MAX_PAUSE_CANDIDATES], p.link_overlap)
         short_side = min(moving.shape[1:])
         tracks = join_tracks(tracks, residual, self._credible(track_stats(tracks)), p.merge_distance * short_side,
                              p.join_reach * short_side, p.join_coherence, p.noise_floor)
@@ -293,6 +298,30 @@ def join_tracks(tracks: np.ndarray, residual: np.ndarray, ids: list[int], touch:
     return joined
 
 
+def join_pauses(tracks: np.ndarray, backward: np.ndarray, ids: list[int], min_overlap: float) -> np.ndarray:
+    """Join a track that ends to one that starts later where the first, carried along the flow
+    through the gap, lands on the second: one subject that stood still (or hid) in between, whose
+    motion evidence faded. `ids` are the candidates, most salient first; the later-ranked joins."""
+    frames = {i: np.flatnonzero((tracks == i).any(axis=(1, 2))) for i in ids}
+    joined = tracks.copy()
+    owner = {i: i for i in ids}
+    for rank, b in enumerate(ids):
+        for a in ids[:rank]:
+            first, second = sorted((a, b), key=lambda i: frames[i][0])
+            end, start = frames[first][-1], frames[second][0]
+            if start <= end:  # they overlap in time: not a pause
+                continue
+            carried = (tracks[end] == first).astype(np.float32)
+            for t in range(end, start):
+                carried = backward_warp(carried, backward[t])
+            arrived, waiting = carried > 0.5, tracks[start] == second
+            if (arrived & waiting).sum() >= min_overlap * max(1, min(arrived.sum(), waiting.sum())):
+                owner[b] = owner[a]
+                joined[tracks == b] = owner[b]
+                break
+    return joined
+
+
 def distance_to(mask: np.ndarray) -> np.ndarray:
     """Each pixel's distance to the nearest pixel of `mask`."""
     return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
@@ -327,13 +356,15 @@ def temporal_vote(mask: np.ndarray, flow: np.ndarray, backward: np.ndarray) -> n
 
 def fill_gaps(mask: np.ndarray, flow: np.ndarray, backward: np.ndarray, max_gap: int,
               min_share: float = 0.5) -> np.ndarray:
-    """[T, h, w] bool: runs of up to `max_gap` frames where the subject shows less than `min_share`
-    of its usual area (it paused, so barely moved; or hid) take the mask of the frame before, or
-    else after, carried along the flow. Longer runs are left alone: the subject is gone."""
+    """[T, h, w] bool: runs of frames where the subject shows less than `min_share` of its usual
+    area (it paused, so barely moved; or hid) take the mask of the frame before, or else after,
+    carried along the flow. A run between two sightings is always bridged; one at the start or
+    end of the clip only up to `max_gap` frames, beyond which the subject is taken to be gone."""
     area = mask.sum(axis=(1, 2))
     weak = area < min_share * np.median(area[area > 0]) if area.any() else np.zeros(len(mask), bool)
     runs = ndimage.label(weak)[0]
-    weak &= np.bincount(runs)[runs] <= max_gap
+    at_an_end = np.isin(runs, [runs[0], runs[-1]])  # label 0 (not weak) never matters: weak is False there
+    weak &= (np.bincount(runs)[runs] <= max_gap) | ~at_an_end
     filled = mask.copy()
     for t in range(1, len(mask)):
         if weak[t] and not weak[t - 1]:

@@ -85,3 +85,15 @@ def test_rendered_scenes_get_their_background_back(index):
     covered = scene.alphas.sum(axis=0) > 0
     assert clip.metrics["inpaint_seen_fraction"] > 0.95
     assert psnr(clip.background[covered], scene.background[covered]) > 32
+
+
+def test_views_where_the_matte_missed_the_subject_are_outvoted():
+    """The matte misses the disc in the two frames next to frame 6: nearest-first copies the
+    disc's colour into frame 6's hole from them; the vote of several views does not."""
+    frames, alphas, truth = panning_scene()
+    missed = alphas.copy()
+    missed[0, [5, 7]] = 0
+    target = alphas[0, 6] > 0
+    nearest = inpaint(frames, missed, votes=1).background[6]
+    voted = inpaint(frames, missed, votes=5).background[6]
+    assert psnr(voted[target], truth[6][target]) > 30 > psnr(nearest[target], truth[6][target])

@@ -106,6 +106,17 @@ def test_a_subject_that_pauses_keeps_its_mask():
     assert iou(clip.masks.any(axis=0), truth[0]).min() > 0.8
 
 
+def test_a_subject_that_pauses_longer_than_max_pause_is_one_layer_throughout():
+    # A still camera; the disc stands still for frames 8 to 30 (1.4 s at 16 fps, past max_pause), then moves on.
+    steps = np.concatenate([np.arange(8), np.full(23, 8), np.arange(9, 17)])
+    path = np.asarray((40.0, 40.0)) + steps[:, None] * np.asarray((6.0, 2.5))
+    frames, truth = panning_scene([path], pan=(0, 0), num_frames=len(steps))
+    clip = segment(frames, max_pause=0.5)
+    assert clip.masks.shape[0] == 1
+    overlap = iou(clip.masks[0], truth[0])
+    assert overlap.mean() > 0.85 and overlap.min() > 0.7
+
+
 @pytest.mark.parametrize("pan", [(0, 0), (2, 1)], ids=["static", "camera pan"])
 def test_nothing_moving_on_its_own_is_dropped(pan):
     frames, _ = panning_scene([], pan=pan)
