@@ -136,11 +136,12 @@ def propagate(frames: np.ndarray, holes: np.ndarray, homographies: np.ndarray, t
             count[take] += 1
     found = count > 0
     if found.any():
-        candidates = views[:, found]  # [votes, N, 3]
-        median = np.nanmedian(candidates, axis=0)
+        candidates, views_per_pixel = views[:, found], count[found]  # [votes, N, 3], [N]
+        pixel = np.arange(candidates.shape[1])
+        ordered = np.sort(candidates, axis=0)  # missing views (nan) sort last; np.nanmedian is ~10x slower
+        median = (ordered[(views_per_pixel - 1) // 2, pixel] + ordered[views_per_pixel // 2, pixel]) / 2
         distance = np.nan_to_num(np.abs(candidates - median).sum(axis=-1), nan=np.inf)
-        chosen = candidates[distance.argmin(axis=0), np.arange(candidates.shape[1])]
-        filled[y0:y1, x0:x1][found] = chosen.astype(np.uint8)
+        filled[y0:y1, x0:x1][found] = candidates[distance.argmin(axis=0), pixel].astype(np.uint8)
     remaining = np.zeros_like(holes[t])
     remaining[y0:y1, x0:x1] = hole & ~found
     return filled, remaining
