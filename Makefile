@@ -32,11 +32,13 @@ demo: $(INSTALLED)
 	$(BIN)/vidlayer synth $(DEMO)/synth --n 6 --seed 0
 	$(BIN)/vidlayer build --input $(DEMO)/synth/raw --output $(DEMO)/build --workers $(WORKERS)
 	$(BIN)/vidlayer inspect $(DEMO)/build/shards/shard-000000.tar --render $(DEMO)/contact-sheet.png
+	$(BIN)/vidlayer eval --pred $(DEMO)/build --gt $(DEMO)/synth --report $(DEMO)/eval.html
 	@echo
 	@echo "raw clips:      $(DEMO)/synth/raw (ground truth in $(DEMO)/synth/gt)"
 	@echo "shards:         $(DEMO)/build/shards"
 	@echo "manifest:       $(DEMO)/build/manifest.parquet"
 	@echo "contact sheet:  $(DEMO)/contact-sheet.png"
+	@echo "evaluation:     $(DEMO)/eval.html (layers against the ground truth)"
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/bench_build.py
