@@ -24,7 +24,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
-from vidlayer.layers import composite
+from vidlayer.layers import recomposite_error
 from vidlayer.morphology import disk
 
 PSNR_CAP = 100.0  # dB for a perfect match: finite, so results stay JSON-safe
@@ -121,13 +121,9 @@ def _luma(frame: np.ndarray) -> np.ndarray:
 
 
 def composite_error(full: np.ndarray, foregrounds: np.ndarray, alphas: np.ndarray, background: np.ndarray) -> float:
-    """Mean |full - composite| (0..1) of [K, T, H, W, 3] colours and [K, T, H, W] mattes over [T, H, W, 3] background.
-
-    Layer 0 is on top; frame by frame so the float temporaries stay small.
-    """
-    error = [np.abs(composite(foregrounds[:, t], alphas[:, t], background[t]) - full[t]).mean(dtype=np.float64)
-             for t in range(len(full))]
-    return float(np.mean(error) / 255)
+    """Mean |full - composite| (0..1) of [K, T, H, W, 3] colours and [K, T, H, W] mattes over [T, H, W, 3] background;
+    layer 0 on top (the quality gate's own measure, over the whole clip)."""
+    return float(recomposite_error(full, foregrounds, alphas, background).mean(dtype=np.float64))
 
 
 def match_layers(pred: np.ndarray, truth: np.ndarray) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from vidlayer.clip import Clip, Drop
-from vidlayer.layers import composite
+from vidlayer.layers import recomposite_error
 from vidlayer.motion import backward_warp, motion_of
 from vidlayer.stages.base import Resources, Stage, register
 
@@ -74,9 +74,7 @@ class QualityGate(Stage):
 def composite_errors(full: np.ndarray, foregrounds: np.ndarray, alphas: np.ndarray,
                      background: np.ndarray) -> tuple[float, float]:
     """Mean absolute recomposite error (0..1) over the frame and over the pixels a foreground touches."""
-    # Frame by frame: the temporaries stay small enough for the cache (about 3x faster at 480p).
-    error = np.stack([np.abs(composite(foregrounds[:, t], alphas[:, t], background[t]) - full[t]).mean(axis=-1)
-                      for t in range(len(full))]) / 255
+    error = recomposite_error(full, foregrounds, alphas, background)
     region = alphas.max(axis=0) > 1e-3
     return float(error.mean()), float(error[region].mean()) if region.any() else 0.0
 
