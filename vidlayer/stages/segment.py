@@ -25,6 +25,7 @@ frame the layers cover) and `segment_instances` (number of layers).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -287,35 +288,39 @@ def join_tracks(tracks: np.ndarray, residual: np.ndarray, ids: list[int], touch:
                 speed = max(np.linalg.norm(velocity[a]), np.linalg.norm(velocity[b]))
                 shared[a, b] += 1
                 together[a, b] += gap <= touch or (gap <= reach and difference <= coherence * speed + noise)
-    joined = tracks.copy()
-    owner = list(range(len(ids)))
-    for b in range(len(ids)):
-        for a in range(b):
-            if shared[a, b] and together[a, b] >= shared[a, b] / 2:
-                owner[b] = owner[a]
-                joined[tracks == ids[b]] = ids[owner[b]]
-                break
-    return joined
+    rank = {i: r for r, i in enumerate(ids)}
+    return merge_tracks(tracks, ids, lambda a, b: bool(shared[rank[a], rank[b]])
+                        and together[rank[a], rank[b]] >= shared[rank[a], rank[b]] / 2)
 
 
 def join_pauses(tracks: np.ndarray, backward: np.ndarray, ids: list[int], min_overlap: float) -> np.ndarray:
     """Join a track that ends to one that starts later where the first, carried along the flow
     through the gap, lands on the second: one subject that stood still (or hid) in between, whose
-    motion evidence faded. `ids` are the candidates, most salient first; the later-ranked joins."""
+    motion evidence faded. `ids` are the candidates, most salient first."""
     frames = {i: np.flatnonzero((tracks == i).any(axis=(1, 2))) for i in ids}
+
+    def paused(a: int, b: int) -> bool:
+        first, second = sorted((a, b), key=lambda i: frames[i][0])
+        end, start = frames[first][-1], frames[second][0]
+        if start <= end:  # they overlap in time: not a pause
+            return False
+        carried = (tracks[end] == first).astype(np.float32)
+        for t in range(end, start):
+            carried = backward_warp(carried, backward[t])
+        arrived, waiting = carried > 0.5, tracks[start] == second
+        return (arrived & waiting).sum() >= min_overlap * max(1, min(arrived.sum(), waiting.sum()))
+
+    return merge_tracks(tracks, ids, paused)
+
+
+def merge_tracks(tracks: np.ndarray, ids: list[int], same: Callable[[int, int], bool]) -> np.ndarray:
+    """Each track of `ids` (most salient first) joins the first more salient one that `same(a, b)` pairs
+    it with, taking that one's id (or the id it has joined in turn)."""
     joined = tracks.copy()
     owner = {i: i for i in ids}
     for rank, b in enumerate(ids):
         for a in ids[:rank]:
-            first, second = sorted((a, b), key=lambda i: frames[i][0])
-            end, start = frames[first][-1], frames[second][0]
-            if start <= end:  # they overlap in time: not a pause
-                continue
-            carried = (tracks[end] == first).astype(np.float32)
-            for t in range(end, start):
-                carried = backward_warp(carried, backward[t])
-            arrived, waiting = carried > 0.5, tracks[start] == second
-            if (arrived & waiting).sum() >= min_overlap * max(1, min(arrived.sum(), waiting.sum())):
+            if same(a, b):
                 owner[b] = owner[a]
                 joined[tracks == b] = owner[b]
                 break
