@@ -12,7 +12,7 @@ union's coverage 1 - prod(1 - a_k), which does not depend on how instances were 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,24 @@ class Prediction:
                    np.stack(foregrounds) if foregrounds else np.zeros((*empty, 3), np.uint8),
                    np.stack(alphas) if alphas else np.zeros(empty, np.float32))
 
+    def truth(self, folder: Path) -> Truth:
+        """The ground truth in `folder` at this sample's source frames and size."""
+        if self.meta.get("source_frames") is None:
+            raise ValueError(f"sample {self.key} does not record its source frames; rebuild it with this version")
+        height, width = self.full.shape[1:3]
+        return load_truth(folder, np.asarray(self.meta["source_frames"]), (width, height))
+
+
+def clip_name(meta: dict[str, Any]) -> str:
+    """The ground-truth folder a sample or manifest row belongs to: its source video's name."""
+    return Path(meta["source"]).stem
+
+
+def built_samples(pred_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Every sample in a build's shards, undecoded."""
+    for shard in sorted((Path(pred_dir) / SHARDS_DIR).glob("shard-*.tar")):
+        yield from read_shard(shard)
+
 
 @dataclass
 class Evaluation:
@@ -89,25 +107,23 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path,
     """Score every sample of the build in `pred_dir` against the truth in `gt_dir`."""
     pred_dir = Path(pred_dir)
     folders = truth_folders(gt_dir)
-    shards = sorted((pred_dir / SHARDS_DIR).glob("shard-*.tar"))
     manifest = pred_dir / "manifest.parquet"
-    if not shards and not manifest.exists():
+    if not any((pred_dir / SHARDS_DIR).glob("shard-*.tar")) and not manifest.exists():
         raise FileNotFoundError(f"{pred_dir} is not a build output (no {SHARDS_DIR}/ shards, no manifest.parquet)")
     evaluation = Evaluation()
     seen: set[str] = set()
-    for shard in shards:
-        for sample in read_shard(shard):
-            name = Path(sample["json"]["source"]).stem
-            if name not in folders:
-                continue
-            seen.add(name)
-            row = score(Prediction.from_sample(sample), folders[name])
-            evaluation.rows.append(row)
-            if on_sample:
-                on_sample(row)
+    for sample in built_samples(pred_dir):
+        name = clip_name(sample["json"])
+        if name not in folders:
+            continue
+        seen.add(name)
+        row = score(Prediction.from_sample(sample), folders[name])
+        evaluation.rows.append(row)
+        if on_sample:
+            on_sample(row)
     unmatched = set(folders) - seen
     for entry in (read_manifest(manifest) if manifest.exists() else []):
-        name = Path(entry["source"]).stem
+        name = clip_name(entry)
         if entry["kind"] == "input" and name in unmatched and entry["status"] != "written":
             evaluation.rows.append({"clip": name, "sample": entry["key"], "status": entry["status"],
                                     "reason": f"{entry['stage']}: {entry['reason']}: {entry['message']}"})
@@ -119,11 +135,7 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path,
 
 def score(pred: Prediction, folder: Path) -> dict[str, Any]:
     """All metrics of one sample that its truth allows."""
-    meta = pred.meta
-    if meta.get("source_frames") is None:
-        raise ValueError(f"sample {pred.key} does not record its source frames; rebuild it with this version")
-    height, width = pred.full.shape[1:3]
-    truth = load_truth(folder, np.asarray(meta["source_frames"]), (width, height))
+    truth = pred.truth(folder)
     pred_masks = pred.alphas > 0.5
     union, true_union = pred_masks.any(axis=0), truth.masks.any(axis=0)
     row: dict[str, Any] = {
@@ -133,7 +145,7 @@ def score(pred: Prediction, folder: Path) -> dict[str, Any]:
         "F": float(boundary_accuracy(union, true_union).mean()),
         "J_instances": _instance_similarity(pred_masks, truth.masks),
         "composite_error": composite_error(pred.full, pred.foregrounds, pred.alphas, pred.background),
-        "confidence": meta.get("metrics", {}).get("segment_confidence"),
+        "confidence": pred.meta.get("metrics", {}).get("segment_confidence"),
     }
     if truth.has_layers:
         row |= _layer_scores(pred, truth)

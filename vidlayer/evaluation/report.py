@@ -14,10 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vidlayer.build import SHARDS_DIR
-from vidlayer.evaluation.evaluate import SUMMARY_METRICS, Evaluation, Prediction
-from vidlayer.evaluation.truth import Truth, load_truth, truth_folders
-from vidlayer.io.shards import read_shard
+from vidlayer.evaluation.evaluate import SUMMARY_METRICS, Evaluation, Prediction, built_samples, clip_name
+from vidlayer.evaluation.truth import Truth, truth_folders
 from vidlayer.render import contact_sheet, grey_to_rgb, save_png
 
 CLIP_COLUMNS = ("J", "F", "J_instances", "alpha_mse", "bg_psnr_covered", "fg_psnr", "composite_error", "confidence")
@@ -82,15 +80,9 @@ def _outline(frame: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) 
 
 def _reload(pred_dir: str | Path, folders: dict[str, Path], keys: list[str]):
     """(prediction, truth) of the given samples, in the given order."""
-    found: dict[str, Prediction] = {}
-    for shard in sorted((Path(pred_dir) / SHARDS_DIR).glob("shard-*.tar")):
-        for sample in read_shard(shard):
-            if sample["__key__"] in keys:
-                found[sample["__key__"]] = Prediction.from_sample(sample)
+    found = {s["__key__"]: Prediction.from_sample(s) for s in built_samples(pred_dir) if s["__key__"] in keys}
     for key in keys:
-        pred = found[key]
-        size = (pred.full.shape[2], pred.full.shape[1])
-        yield pred, load_truth(folders[Path(pred.meta["source"]).stem], np.asarray(pred.meta["source_frames"]), size)
+        yield found[key], found[key].truth(folders[clip_name(found[key].meta)])
 
 
 def _format(value: Any) -> str:
