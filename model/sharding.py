@@ -26,8 +26,8 @@ from .transformer import LayeredWanTransformer
 logger = logging.getLogger(__name__)
 
 
-def shard_transformer(model: LayeredWanTransformer, device: torch.device, mixed_precision: str) -> bool:
-    """Shard `model` (still on CPU) over all processes onto `device`; returns whether it sharded.
+def shard_transformer(model: LayeredWanTransformer, device: torch.device, mixed_precision: str) -> None:
+    """Shard `model` (still on CPU) over all processes onto `device`.
 
     One process has nothing to shard with: the model just moves to the device.
     """
@@ -35,7 +35,7 @@ def shard_transformer(model: LayeredWanTransformer, device: torch.device, mixed_
     if world == 1:
         logger.info("FSDP with one process is plain training")
         model.to(device)
-        return False
+        return
     mesh = init_device_mesh(device.type, (world,))
     # bf16 compute, fp32 gradient reduction; the sharded master weights stay fp32.
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
@@ -44,7 +44,6 @@ def shard_transformer(model: LayeredWanTransformer, device: torch.device, mixed_
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     logger.info("FSDP: the DiT is sharded over %d processes", world)
-    return True
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -54,8 +53,8 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 def gather(tree: Any) -> Any:
     """A nested dict/list with every sharded tensor replaced by the whole tensor, on CPU."""
-    if isinstance(tree, torch.Tensor):
-        return full_tensor(tree).cpu() if isinstance(tree, DTensor) else tree
+    if isinstance(tree, DTensor):
+        return tree.full_tensor().cpu()
     if isinstance(tree, dict):
         return {k: gather(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
