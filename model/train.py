@@ -329,7 +329,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
             resumable.save(out / "checkpoints", step, config.fingerprint())
     bar.close()
     if step >= config.optim.max_steps:
-        _finish(job, ema, params, out, config, log, accelerator.is_main_process)
+        _finish(job, ema, params, out, config, accelerator.is_main_process)
+    log.close()
+    # A rank that destroys the process group while another still writes a checkpoint can hang both.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
 
@@ -397,7 +400,7 @@ def _training_loader(config: TrainConfig) -> LayerLoader | CachedLoader:
         raise ConfigError(f"{e} (build shards with `make demo` or `vidlayer build`)") from None
 
 
-def _finish(job, ema, params, out: Path, config: TrainConfig, log: MetricsLog, is_main_process: bool) -> None:
+def _finish(job, ema, params, out: Path, config: TrainConfig, is_main_process: bool) -> None:
     """Export the (EMA) adapters, evaluate stage 1 on held-out clips, draw the loss curve.
 
     Every process calls this, so that a sharded model can be gathered; the main one writes.
@@ -421,7 +424,6 @@ def _finish(job, ema, params, out: Path, config: TrainConfig, log: MetricsLog, i
             exported["eval"] = str(out / "eval.json")
     if ema is not None:
         ema.restore(params)
-    log.close()
     if not is_main_process:
         return
     provenance = json.loads((out / "run.json").read_text())

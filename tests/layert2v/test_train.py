@@ -202,10 +202,13 @@ def torchrun_stage2(data: Path, init: Path, out: Path, *extra: str) -> Path:
     """Stage 2 in two CPU processes (gloo). --standalone picks a free rendezvous port, so two test
     runs on one machine do not collide."""
     args = [f"--set={o}" for o in (*SMALL, f"init={init}", "data.foregrounds=null", *extra)]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "vidlayer.cli", "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny",
-                    "--data", str(data), "--out", str(out), *args],
-                   check=True, capture_output=True, timeout=300)
+    try:
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "vidlayer.cli", "train", str(CONFIGS / "stage2.yaml"), "--preset", "tiny",
+                        "--data", str(data), "--out", str(out), *args],
+                       check=True, capture_output=True, timeout=300)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise AssertionError(f"{e}\n{(e.stderr or b'').decode(errors='replace')[-6000:]}") from None
     return out
 
 
