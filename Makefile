@@ -15,12 +15,16 @@ PROMPT ?= a red ball bounces across a wooden table in a sunny kitchen
 FG ?= a red ball bouncing
 BG ?= a wooden table in a sunny kitchen
 
-.PHONY: install test demo bench bench-quality bench-model train-stage1 train-stage2 train-stage3 sample clean
+.PHONY: install test demo bench bench-quality bench-models bench-model train-stage1 train-stage2 train-stage3 sample clean
 
 # torch is pinned through constraints.txt (a local CPU wheel here); pyproject.toml stays loose.
+# SAM2 goes in without its dependencies: the only torchvision on this registry is a CUDA build that
+# cannot load beside a CPU torch, and SAM2's video predictor does not use torchvision.
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt "hydra-core>=1.3.2" "iopath>=0.1.10"
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -c constraints.txt "sam2==1.1.0"
 	touch $@
 
 install: $(INSTALLED)
@@ -46,6 +50,10 @@ bench: $(INSTALLED)
 # The default pipeline against ground truth (20 synth clips, the DAVIS clips) -> bench/out/quality/
 bench-quality: $(INSTALLED)
 	$(BIN)/python bench/bench_quality.py $(ARGS)
+
+# The models pipeline (tiny random checkpoints unless ARGS="--set ...") against the default -> bench/out/models/
+bench-models: $(INSTALLED)
+	$(BIN)/python bench/bench_models.py $(ARGS)
 
 # Layered vs plain Wan transformer training step; e.g. make bench-model ARGS="--preset wan2.1-t2v-1.3b --device cuda"
 bench-model: $(INSTALLED)

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 import vidlayer
 from vidlayer.clip import InputItem, Status
@@ -52,6 +53,32 @@ class BuildSummary:
     resumed: int = 0
     seconds: float = 0.0
     shards: list[str] = field(default_factory=list)
+    stage_rates: dict[str, float] = field(default_factory=dict)  # clips per minute each stage's workers manage
+
+
+class StageMeter:
+    """Worker seconds per clip in each stage, and so how many clips per minute its pool of workers
+    manages: the smallest rate is the build's bottleneck. Read from the finished clips' timings."""
+
+    def __init__(self, stages: list[str]):
+        self.stages = stages
+        self.seconds: Counter = Counter()
+        self.clips: Counter = Counter()
+        self.pools: dict[str, int] = {}
+
+    def add(self, task: Task) -> None:
+        for outcome in task.outcomes:
+            for stage, spent in (outcome.clip.timings if outcome.clip else {}).items():
+                self.seconds[stage] += spent
+                self.clips[stage] += 1
+
+    def rates(self) -> dict[str, float]:
+        return {stage: 60.0 * self.pools.get(stage, 1) * self.clips[stage] / max(self.seconds[stage], 1e-9)
+                for stage in self.stages if self.clips[stage]}
+
+    def line(self) -> str:
+        return "  ".join(f"{stage} [bold]{rate:,.0f}[/]/min x{self.pools.get(stage, 1)}"
+                         for stage, rate in self.rates().items())
 
 
 class OutputFolder:
@@ -154,11 +181,13 @@ def build(
 
         sink = ShardSink(folder.shards, folder.next_shard_index(), pipeline.output.shard_max_samples,
                          pipeline.output.shard_max_bytes, commit_shard)
-        with _progress(console, len(items), summary.resumed) as progress:
+        meter = StageMeter([spec.stage for spec in pipeline.stages])
+        with _progress(console, len(items), summary.resumed, meter) as progress:
             counts = Counter(r["status"] for r in folder.rows if r["kind"] == "input")
             progress.update_counts(counts)
             try:
-                for task in _finished_tasks(todo, pipeline, workers, executor, ray_address):
+                for task in _finished_tasks(todo, pipeline, workers, executor, ray_address, meter.pools):
+                    meter.add(task)
                     rows = rows_for(task.item, task.outcomes, name, config_hash)
                     samples = [_finalise(o.clip.sample, name, config_hash)
                                for o in task.outcomes if o.status is Status.WRITTEN]
@@ -177,13 +206,15 @@ def build(
                 # Samples already in the open shard are complete, so closing commits them.
                 sink.close()
         _summarise(summary, folder)
+    summary.stage_rates = meter.rates()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _finished_tasks(items: list[InputItem], pipeline: Pipeline, workers: int, executor: str,
-                    ray_address: str | None) -> Iterator[Task]:
-    """Inputs rejected up front finish here; the rest go through the executor."""
+                    ray_address: str | None, pools: dict[str, int]) -> Iterator[Task]:
+    """Inputs rejected up front finish here; the rest go through the executor, whose workers per
+    stage are filled into `pools`."""
     tasks = [start_task(item, pipeline.input.require_caption) for item in items]
     yield from (t for t in tasks if not t.clips)
     runnable = [t for t in tasks if t.clips]
@@ -192,9 +223,13 @@ def _finished_tasks(items: list[InputItem], pipeline: Pipeline, workers: int, ex
     if executor == "inline":
         runner = InlineExecutor(pipeline)
     elif executor == "ray":
-        runner = RayExecutor(pipeline, workers, ray_address)
+        try:
+            runner = RayExecutor(pipeline, workers, ray_address)
+        except ValueError as e:  # the cluster cannot hold the pipeline's workers
+            raise BuildError(str(e)) from None
     else:
         raise BuildError(f"unknown executor {executor!r} (use ray or inline)")
+    pools.update(runner.pool_sizes)
     try:
         yield from runner.run(runnable)
     finally:
@@ -217,7 +252,7 @@ def _summarise(summary: BuildSummary, folder: OutputFolder) -> None:
 
 
 class _BuildProgress:
-    def __init__(self, progress: Progress, task_id: int):
+    def __init__(self, progress: _StageProgress, task_id: int):
         self.progress = progress
         self.task_id = task_id
 
@@ -233,12 +268,26 @@ def _format_counts(counts: Counter) -> str:
             f"[red]failed {counts.get('failed', 0)}[/]")
 
 
-class _progress:
-    """A progress bar over inputs with written/dropped/failed counts and an ETA."""
+class _StageProgress(Progress):
+    """Rich's progress bar with a second line: each stage's throughput (clips/min x workers)."""
 
-    def __init__(self, console: Console, total: int, completed: int):
-        self.bar = Progress(
-            TextColumn("[bold]building"), BarColumn(), MofNCompleteColumn(), TextColumn("inputs"),
+    def __init__(self, meter: StageMeter, *columns: Any, **options: Any):
+        self.meter = meter  # before Progress.__init__, which renders once
+        super().__init__(*columns, **options)
+
+    def get_renderables(self) -> Iterator[Any]:
+        yield self.make_tasks_table(self.tasks)
+        line = self.meter.line()
+        if line:
+            yield Text.from_markup(f"  stages: {line}")
+
+
+class _progress:
+    """A progress bar over inputs with written/dropped/failed counts, an ETA and stage throughput."""
+
+    def __init__(self, console: Console, total: int, completed: int, meter: StageMeter):
+        self.bar = _StageProgress(
+            meter, TextColumn("[bold]building"), BarColumn(), MofNCompleteColumn(), TextColumn("inputs"),
             TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=console,
         )

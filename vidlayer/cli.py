@@ -82,6 +82,8 @@ def build(
     rate = summary.processed_now / summary.seconds * 60 if summary.seconds else 0.0
     table.add_row("this run", f"{summary.processed_now} inputs in {summary.seconds:.1f} s ({rate:.1f} per minute)"
                   + (f", {summary.resumed} already done" if summary.resumed else ""))
+    if summary.stage_rates:
+        table.add_row("stage throughput", ", ".join(f"{stage} {rate:,.0f}/min" for stage, rate in summary.stage_rates.items()))
     table.add_row("shards", f"{len(summary.shards)} in {summary.output / 'shards'}")
     table.add_row("manifest", str(summary.output / "manifest.parquet"))
     console.print(table)

@@ -71,12 +71,23 @@ class Motion:
 
 
 @dataclass
+class Prompt:
+    """A subject the grounding stage found: its box in one frame, to prompt a segmenter with."""
+
+    phrase: str  # the words of the caption it answers to
+    frame: int  # index into the clip's frames
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
+    score: float
+
+
+@dataclass
 class Clip:
     """A single-shot window of an input on its way to becoming a layered sample.
 
-    Arrays are filled in by the stages in order: `frames` by window, `masks` and `motion` by
-    segment, `alphas` by matte, `background` by inpaint, `foregrounds` by foreground, and
-    `sample` (the encoded WebDataset members) by write, which also frees the arrays.
+    Arrays are filled in by the stages in order: `frames` by window, `prompts` by ground (where
+    the pipeline has it), `masks` and `motion` by segment, `alphas` by matte, `background` by
+    inpaint, `foregrounds` by foreground, and `sample` (the encoded WebDataset members) by write,
+    which also frees the arrays.
     """
 
     key: str
@@ -93,6 +104,7 @@ class Clip:
     fps: float = 0.0
     frames: np.ndarray | None = None  # [T, H, W, 3] uint8
     source_frames: np.ndarray | None = None  # [T] int, the source frame each frame was decoded from
+    prompts: list[Prompt] = field(default_factory=list)  # by the grounding stage, one per subject at most
     masks: np.ndarray | None = None  # [K, T, H, W] bool, one layer per foreground instance
     motion: Motion | None = None
     alphas: np.ndarray | None = None  # [K, T, H, W] float32 in [0, 1]

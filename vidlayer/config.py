@@ -197,6 +197,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return tuple(_coerce(v, item_hint, where) for v in value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float:
+        try:  # YAML 1.1 reads exponents without a dot (1e9) as strings
+            return float(value)
+        except (TypeError, ValueError):
+            raise PipelineError(f"{where}: expected a number, got {value!r}") from None
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):

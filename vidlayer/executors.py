@@ -1,17 +1,20 @@
 """Running the stages over inputs: in this process, or on Ray.
 
 The unit of work is a `Task`: one input and the clips cut from it so far. A `StageChain`
-runs consecutive stages over a task; on Ray, stages with the same resource needs are fused
-into one chain per actor (frames cross process boundaries only where resources change, e.g.
-between CPU stages and a GPU model), and each chain becomes a Ray Data actor pool, which gives
-streaming back-pressure between them. Stage errors never escape a chain: a clip that raises
-becomes a failed outcome. A worker process that dies (segfault, out of memory) loses the tasks
-it held; the Ray executor notices the missing inputs and retries them once before giving up
-on them as failed.
+runs consecutive stages over a few tasks (a model stage batches their clips into one forward
+pass); on Ray, stages with the same GPU needs are fused into one chain per actor (frames cross
+process boundaries only where resources change, e.g. between CPU stages and a GPU model), and
+each chain becomes a Ray Data actor pool, which gives streaming back-pressure between them:
+`workers` actors for CPU chains, and for GPU chains as many as the cluster's GPUs hold (on a
+cluster without GPUs, the model stages run on CPU actors). Stage errors never escape a chain: a
+clip that raises becomes a failed outcome. A worker process that dies (segfault, out of memory)
+loses the tasks it held; the Ray executor notices the missing inputs and retries them once
+before giving up on them as failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -49,45 +52,58 @@ def start_task(item: InputItem, require_caption: bool) -> Task:
 
 
 class StageChain:
-    """Consecutive stages, set up once per worker, applied to one task at a time."""
+    """Consecutive stages, set up once per worker, applied to a few tasks at a time.
+
+    Each stage sees the clips of all the tasks at once, in batches of its `batch_size`, so that a
+    model stage runs several clips through one forward pass.
+    """
 
     def __init__(self, specs: list[StageSpec], final: bool):
         limit_threads(max(1, int(group_resources(specs).cpus)))
         self.stages = [spec.build() for spec in specs]
         self.final = final
+        self.batch_size = max(stage.batch_size for stage in self.stages)
         for stage in self.stages:
             stage.setup()
 
-    def __call__(self, task: Task) -> Task:
+    def __call__(self, tasks: list[Task]) -> list[Task]:
         for stage in self.stages:
-            survivors: list[Clip] = []
-            for clip in task.clips:
-                survivors.extend(self._apply(stage, clip, task))
-            task.clips = survivors
+            pending = [(task, clip) for task in tasks for clip in task.clips]
+            for task in tasks:
+                task.clips = []
+            for start in range(0, len(pending), stage.batch_size):
+                batch = pending[start:start + stage.batch_size]
+                began = time.perf_counter()
+                try:
+                    results = stage.process_batch([clip for _, clip in batch])
+                except Exception as error:  # the batch as a whole (e.g. the forward pass) failed
+                    results = [error] * len(batch)
+                share = (time.perf_counter() - began) / len(batch)
+                for (task, clip), result in zip(batch, results):
+                    task.clips.extend(self._settle(stage.stage, task, clip, result, share))
         if self.final:
-            task.outcomes.extend(Outcome(c.key, Status.WRITTEN, clip=c) for c in task.clips)
-            task.clips = []
-        return task
+            for task in tasks:
+                task.outcomes.extend(Outcome(c.key, Status.WRITTEN, clip=c) for c in task.clips)
+                task.clips = []
+        return tasks
 
     @staticmethod
-    def _apply(stage, clip: Clip, task: Task) -> list[Clip]:
-        start = time.perf_counter()
-        try:
-            result = stage.process(clip)
-        except Drop as drop:
-            clip.timings[stage.stage] = time.perf_counter() - start
-            task.outcomes.append(Outcome(clip.key, Status.DROPPED, stage.stage, drop.reason, drop.message, clip=_light(clip)))
-            return []
-        except Exception as error:  # a bug or an unforeseen input: record it, keep the build going
-            clip.timings[stage.stage] = time.perf_counter() - start
-            where = traceback.extract_tb(error.__traceback__)[-1]
-            message = f"{type(error).__name__}: {error} (at {os.path.basename(where.filename)}:{where.lineno})"
-            task.outcomes.append(Outcome(clip.key, Status.FAILED, stage.stage, "error", message, clip=_light(clip)))
+    def _settle(stage: str, task: Task, clip: Clip, result: Clip | list[Clip] | Exception, seconds: float) -> list[Clip]:
+        """The clips that go on; a dropped or failed clip becomes an outcome of its task instead."""
+        if isinstance(result, Exception):
+            clip.timings[stage] = seconds
+            if isinstance(result, Drop):
+                task.outcomes.append(Outcome(clip.key, Status.DROPPED, stage, result.reason, result.message,
+                                             clip=_light(clip)))
+            else:  # a bug or an unforeseen input: record it, keep the build going
+                where = traceback.extract_tb(result.__traceback__)[-1] if result.__traceback__ else None
+                at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
+                task.outcomes.append(Outcome(clip.key, Status.FAILED, stage, "error",
+                                             f"{type(result).__name__}: {result}{at}", clip=_light(clip)))
             return []
         clips = result if isinstance(result, list) else [result]
-        elapsed = time.perf_counter() - start
         for c in clips:
-            c.timings[stage.stage] = c.timings.get(stage.stage, 0.0) + elapsed / len(clips)
+            c.timings[stage] = c.timings.get(stage, 0.0) + seconds / len(clips)
         return clips
 
 
@@ -117,32 +133,42 @@ def stage_groups(specs: list[StageSpec]) -> list[list[StageSpec]]:
     return groups
 
 
+def on_cpu(specs: list[StageSpec]) -> list[StageSpec]:
+    """The stages with their GPU requests dropped: on a cluster without GPUs the model stages run on CPUs."""
+    if any(s.resources.gpus for s in specs):
+        log.warning("the Ray cluster has no GPU: model stages run on CPUs (slowly)")
+    return [dataclasses.replace(s, resources=dataclasses.replace(s.resources, gpus=0.0)) for s in specs]
+
+
 def group_resources(group: list[StageSpec]) -> Resources:
     return Resources(cpus=max(s.resources.cpus for s in group), gpus=max(s.resources.gpus for s in group))
 
 
 class InlineExecutor:
-    """Runs everything in this process, one input at a time: for debugging and small jobs."""
+    """Runs everything in this process, a batch of inputs at a time: for debugging and small jobs."""
 
     def __init__(self, pipeline: Pipeline):
         self.chain = StageChain(pipeline.stages, final=True)
+        self.pool_sizes = {spec.stage: 1 for spec in pipeline.stages}
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Task]:
-        for task in tasks:
-            yield self.chain(task)
+        tasks = list(tasks)
+        for start in range(0, len(tasks), self.chain.batch_size):
+            yield from self.chain(tasks[start:start + self.chain.batch_size])
 
     def close(self) -> None:
         pass
 
 
 class ChainWorker:
-    """A Ray Data actor: one StageChain, fed pickled tasks one at a time."""
+    """A Ray Data actor: one StageChain, fed a batch of pickled tasks at a time."""
 
     def __init__(self, specs: list[StageSpec], final: bool):
         self.chain = StageChain(specs, final)
 
     def __call__(self, batch: dict) -> dict:
-        return {"task": [pickle.dumps(self.chain(pickle.loads(blob))) for blob in batch["task"]]}
+        tasks = self.chain([pickle.loads(blob) for blob in batch["task"]])
+        return {"task": [pickle.dumps(task) for task in tasks]}
 
 
 class RayExecutor:
@@ -151,10 +177,8 @@ class RayExecutor:
     def __init__(self, pipeline: Pipeline, workers: int, address: str | None = None, attempts: int = 2):
         import ray
 
-        self.pipeline = pipeline
         self.workers = workers
         self.attempts = attempts
-        self.groups = stage_groups(pipeline.stages)
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
             # Ray's C++ core logs routine notices as errors on the console; its log files keep them.
@@ -164,8 +188,18 @@ class RayExecutor:
                 ray.init(address=address, **options)
             else:
                 # A local Ray gets room for every requested worker, even beyond the core count.
-                needed = max(group_resources(g).cpus for g in self.groups) * workers
+                needed = max(s.resources.cpus for s in pipeline.stages) * workers
                 ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), **options)
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        self.groups = stage_groups(on_cpu(pipeline.stages) if gpus == 0 else pipeline.stages)
+        # Every GPU chain gets the same number of actors, as many sets as the cluster's GPUs hold.
+        per_set = sum(group_resources(g).gpus for g in self.groups)
+        if per_set > gpus + 1e-6:
+            self.close()
+            raise ValueError(f"the GPU stages need {per_set:g} GPUs for one worker each, the Ray cluster has {gpus:g}; "
+                             "lower their resources.gpus (fractions share a GPU)")
+        self.gpu_sets = max(1, int(gpus / per_set + 1e-6)) if per_set else 0
+        self.pool_sizes = {spec.stage: self.pool_size(group) for group in self.groups for spec in group}
         import ray.data
 
         # Lost blocks are the driver's business (it retries them), not console errors.
@@ -173,6 +207,10 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.max_errored_blocks = -1  # a dead worker loses its block, not the whole build
+
+    def pool_size(self, group: list[StageSpec]) -> int:
+        """CPU chains get `workers` actors each; GPU chains one per set of GPU shares the cluster holds."""
+        return self.gpu_sets if group_resources(group).gpus else self.workers
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Task]:
         pending = {t.item.key: t for t in tasks}
@@ -202,8 +240,8 @@ class RayExecutor:
                 ds = ds.map_batches(
                     ChainWorker,
                     fn_constructor_kwargs={"specs": group, "final": i == len(self.groups) - 1},
-                    batch_size=1,
-                    compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(tasks))),
+                    batch_size=max(spec.build().batch_size for spec in group),
+                    compute=ray.data.ActorPoolStrategy(size=min(self.pool_size(group), len(tasks))),
                     num_cpus=resources.cpus,
                     num_gpus=resources.gpus,
                     # A task that killed its worker is not retried there (Ray Data's default is

@@ -30,10 +30,22 @@ def test_ints_are_accepted_for_floats_and_lists_for_tuples():
     assert parse_pipeline(minimal(fps=12)).spec("window").params.fps == 12.0
 
 
+def test_exponents_yaml_reads_as_strings_are_numbers():
+    assert load_pipeline("default", ["quality.max_flicker=1e9"]).spec("quality").params.max_flicker == 1e9
+
+
+def test_every_shipped_pipeline_loads():
+    for path in sorted(PIPELINES_DIR.glob("*.yaml")):
+        assert load_pipeline(path).stages, path.name
+    models = load_pipeline("models")
+    assert [s.backend for s in models.stages if s.resources.gpus] == ["detector", "sam2", "vlm"]
+
+
 @pytest.mark.parametrize("raw, message", [
     (minimal(num_frame=3), "unknown settings \\['num_frame'\\]"),
     (minimal(num_frames="many"), "expected int"),
     (minimal(upscale=1), "expected bool"),
+    (minimal(fps="fast"), "expected a number"),
     ({"stages": [{"stage": "nope"}]}, "unknown stage 'nope'"),
     ({"stages": [{"stage": "decode", "backend": "magic"}]}, "unknown backend 'magic'"),
     ({"stages": []}, "non-empty list"),

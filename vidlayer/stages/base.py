@@ -45,6 +45,36 @@ class Stage(ABC):
     def process(self, clip: Clip) -> Clip | list[Clip]:
         """Return the clip (or the clips it was split into); raise `Drop` to drop it."""
 
+    @property
+    def batch_size(self) -> int:
+        """Clips per `process_batch` call: a model stage's `batch_size` setting, else one."""
+        return max(1, int(getattr(self.params, "batch_size", 1)))
+
+    def process_batch(self, clips: list[Clip]) -> list[Clip | list[Clip] | Exception]:
+        """One result per clip, in order; an exception in place of a result drops (`Drop`) or fails
+        that clip alone. Model stages override this to run several clips through one forward pass."""
+        results: list[Clip | list[Clip] | Exception] = []
+        for clip in clips:
+            try:
+                results.append(self.process(clip))
+            except Exception as error:
+                results.append(error)
+        return results
+
+
+class BatchedStage(Stage):
+    """A stage that works on batches, such as a model's forward pass; one clip is a batch of one."""
+
+    def process(self, clip: Clip) -> Clip | list[Clip]:
+        result = self.process_batch([clip])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @abstractmethod
+    def process_batch(self, clips: list[Clip]) -> list[Clip | list[Clip] | Exception]:
+        """One result per clip, in order; an exception in place of a result drops or fails that clip."""
+
 
 _REGISTRY: dict[tuple[str, str], type[Stage]] = {}
 
