@@ -60,7 +60,9 @@ def main() -> None:
         table.add_column(name, justify="right")
     for spec in pipelines["models"].stages:
         cells = [results[name]["stage_clips_per_minute"].get(spec.stage) for name in pipelines]
-        table.add_row(f"{spec.stage} ({spec.backend})", *("-" if c is None else f"{c:,.1f}" for c in cells))
+        backends = " / ".join(dict.fromkeys(p.spec(spec.stage).backend for p in pipelines.values()
+                                            if spec.stage in [s.stage for s in p.stages]))
+        table.add_row(f"{spec.stage} ({backends})", *("-" if c is None else f"{c:,.1f}" for c in cells))
     table.add_row("[bold]whole build", *(f"[bold]{results[name]['clips_per_minute']:.2f}" for name in pipelines))
     console.print(table)
     ratio = results["default"]["clips_per_minute"] / results["models"]["clips_per_minute"]

@@ -234,14 +234,19 @@ class RayExecutor:
         ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
         for i, group in enumerate(self.groups):
             resources = group_resources(group)
+            actors = min(self.pool_size(group), len(tasks))
+            # A batch holds at most an actor's share of the inputs, so that one actor does not take them all.
+            batch_size = min(max(spec.build().batch_size for spec in group), -(-len(tasks) // actors))
             with warnings.catch_warnings():
                 # Ray Data has no named parameter for max_task_retries yet (pyproject pins ray < 2.64).
                 warnings.simplefilter("ignore", DeprecationWarning)
                 ds = ds.map_batches(
                     ChainWorker,
                     fn_constructor_kwargs={"specs": group, "final": i == len(self.groups) - 1},
-                    batch_size=max(spec.build().batch_size for spec in group),
-                    compute=ray.data.ActorPoolStrategy(size=min(self.pool_size(group), len(tasks))),
+                    batch_size=batch_size,
+                    # One batch per actor at a time: queued behind a busy actor, a batch would wait
+                    # while another actor of the pool sits idle (a 4-clip build ran on one of two).
+                    compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
                     num_cpus=resources.cpus,
                     num_gpus=resources.gpus,
                     # A task that killed its worker is not retried there (Ray Data's default is
