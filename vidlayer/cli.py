@@ -27,19 +27,43 @@ def fail(message: str) -> typer.Exit:
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write OUT/raw (clips + captions) and OUT/gt (true layers).")],
-    n: Annotated[int, typer.Option("--n", help="Number of clips.")] = 8,
+    out: Annotated[Path, typer.Argument(help="Folder to write OUT/raw (clips + captions) and OUT/gt (true layers); "
+                                             "with --toy, OUT/train and OUT/test shards.")],
+    n: Annotated[int, typer.Option("--n", help="Number of clips (with --toy: training samples).")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same clips.")] = 0,
     width: Annotated[int, typer.Option(help="Frame width (even).")] = 854,
     height: Annotated[int, typer.Option(help="Frame height (even).")] = 480,
-    fps: Annotated[float, typer.Option(help="Frame rate.")] = 24.0,
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate [default: 24, with --toy 16].")] = None,
     seconds: Annotated[float, typer.Option(help="Clip length.")] = 4.0,
+    toy: Annotated[bool, typer.Option("--toy", help="Write training shards of the toy domain (shapes over "
+                                                    "textures, true layers, a held-out test split) instead.")] = False,
+    n_test: Annotated[Optional[int], typer.Option("--n-test", help="With --toy: test samples, all with held-out "
+                                                  "attribute pairs [default: a tenth of --n, at least 1].")] = None,
+    frames: Annotated[int, typer.Option(help="With --toy: frames per sample.")] = 17,
+    size: Annotated[int, typer.Option(help="With --toy: frame width and height (even).")] = 64,
+    shard_size: Annotated[int, typer.Option(help="With --toy: samples per shard.")] = 500,
 ) -> None:
-    """Make synthetic raw clips from real photographs, with their ground-truth layers kept beside them."""
+    """Make synthetic raw clips from real photographs, with their ground-truth layers kept beside them.
+
+    With --toy, write layered training shards directly: flat shapes moving over drifting textures,
+    captioned per layer, with a test split of attribute combinations that training never shows."""
+    if toy:
+        from vidlayer.toy import DEFAULT_FPS, write_toy_dataset
+
+        test = max(1, n // 10) if n_test is None else n_test
+        try:
+            dataset = write_toy_dataset(out, n, test, seed, frames=frames, size=size,
+                                        fps=DEFAULT_FPS if fps is None else fps, shard_size=shard_size)
+        except (ValueError, FileExistsError) as e:
+            raise fail(str(e)) from None
+        for split, count in dataset.samples.items():
+            console.print(f"{split}: {count} samples in {len(dataset.shards.get(split, []))} shards "
+                          f"under [bold]{out / split}[/]")
+        return
     from vidlayer.synth import synthesize
 
     try:
-        keys = synthesize(out, n, seed, width=width, height=height, fps=fps, seconds=seconds)
+        keys = synthesize(out, n, seed, width=width, height=height, fps=24.0 if fps is None else fps, seconds=seconds)
     except ValueError as e:
         raise fail(str(e)) from None
     console.print(f"wrote {len(keys)} clips to [bold]{out / 'raw'}[/] and their ground truth to [bold]{out / 'gt'}[/]")
@@ -162,6 +186,42 @@ def evaluate_command(
             console.print(f"report: [bold]{write_report(evaluation, pred, gt, report)}[/]")
         except ValueError as e:
             raise fail(str(e)) from None
+
+
+@app.command("eval-generation")
+def eval_generation_command(
+    samples: Annotated[Path, typer.Option(help="Generated toy samples: a shard, a folder of shards, or `vidlayer "
+                                               "sample` output folders (one, or a folder of them).")],
+    out_json: Annotated[Optional[Path], typer.Option("--json", help="Write every row and the summary as JSON.")] = None,
+) -> None:
+    """Score generated toy-domain layers against their prompts: coherence, adherence, leakage, alpha, time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from vidlayer.evaluation.generation import evaluate_generation, load_samples
+
+    with Progress("scoring", BarColumn(), MofNCompleteColumn(), console=errors) as bar:
+        task = bar.add_task("samples", total=None)
+        try:
+            evaluation = evaluate_generation(load_samples(samples), on_sample=lambda row: bar.advance(task))
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise fail(str(e)) from None
+    if not evaluation.rows:
+        raise fail(f"no samples found in {samples}")
+    summary = evaluation.summary()
+    groups = {"all": summary, **summary.get("by_split", {})}
+    table = Table(title=f"generation scores of {samples}")
+    table.add_column("metric", no_wrap=True)
+    for name in groups:
+        table.add_column(name, justify="right")
+    for metric in (k for k in summary if k != "by_split"):
+        table.add_row(metric, *(_cell(group.get(metric)) for group in groups.values()))
+    console.print(table)
+    if out_json is not None:
+        out_json.write_text(json.dumps({"summary": summary, "rows": evaluation.rows}, indent=1))
+
+
+def _cell(value: float | int | None) -> str:
+    return "-" if value is None else (str(value) if isinstance(value, int) else f"{value:.4f}")
 
 
 @app.command()
