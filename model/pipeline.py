@@ -190,7 +190,9 @@ class LayerT2VPipeline:
         return cls.from_pretrained(
             info["model"], layer_weights=info.get("layer_weights"), alpha_adapter=info.get("alpha_adapter"),
             transformer=info.get("transformer"), text_length=get_preset(info["preset"]).text_length,
-            positions=info["positions"], layer_routing=info["layer_routing"], **options,
+            positions=info["positions"], layer_routing=info["layer_routing"],
+            # Runs recorded before these ablation switches trained with both on.
+            layer_adaln=info.get("layer_adaln", True), joint_attention=info.get("joint_attention", True), **options,
         )
 
     def to(self, device: str | torch.device) -> LayerT2VPipeline:

@@ -85,6 +85,8 @@ class TrainConfig:
     shift: float = 5.0
     positions: str = "concat"
     layer_routing: bool = True
+    layer_adaln: bool = True  # false: the ablation without LayerAdaLN
+    joint_attention: bool = True  # false: self-attention within each layer, the independent-generation baseline
     ema_decay: float | None = 0.9999
     mixed_precision: str = "auto"
     parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes: replicate the DiT, or shard it (14B)
@@ -214,24 +216,27 @@ class LayerLearning:
         if inherited.get("transformer"):  # a fully fine-tuned earlier stage
             self.transformer = LayeredWanTransformer.from_pretrained(inherited["transformer"]).to(home)
         else:
-            self.transformer = LayeredWanTransformer.from_wan(base, positions=config.positions,
-                                                              layer_routing=config.layer_routing).to(home)
+            self.transformer = LayeredWanTransformer.from_wan(
+                base, positions=config.positions, layer_routing=config.layer_routing,
+                layer_adaln=config.layer_adaln, joint_attention=config.joint_attention,
+            ).to(home)
         if config.lora is not None:
             self.transformer.add_lora(config.lora.rank, config.lora.alpha)
         if inherited.get("layer_weights"):
             self.transformer.load_layer_weights(inherited["layer_weights"])
         if config.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
-        self.transformer.requires_grad_(config.lora is None)
+        self.transformer.requires_grad_(False)
         for p in self.parameters():
             p.requires_grad_(True)
         self.modules = [self.transformer]
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        if self.config.lora is None:
-            return list(self.transformer.parameters())
-        return [self.transformer.layer_modulation,
-                *(p for n, p in self.transformer.named_parameters() if ".lora_" in n)]
+        """Everything (full fine-tuning) or LayerAdaLN + the LoRA; a table the model does not use
+        (`layer_adaln: false`) is left out, so it gets neither optimizer state nor weight decay."""
+        use_table = self.transformer.config.layer_adaln
+        return [p for n, p in self.transformer.named_parameters()
+                if (use_table if n == "layer_modulation" else self.config.lora is None or ".lora_" in n)]
 
     @torch.no_grad()
     def encode(self, batch: LayerBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -453,6 +458,7 @@ def _write_provenance(out: Path, config: TrainConfig, base: Path, inherited: dic
         "stage": config.stage, "preset": config.preset, "model": str(base), "init": config.init,
         **{k: inherited.get(k) for k in ("alpha_adapter", "layer_weights", "transformer")},
         "positions": config.positions, "layer_routing": config.layer_routing,
+        "layer_adaln": config.layer_adaln, "joint_attention": config.joint_attention,
         "config": config.to_dict(), "finished": False,
     }
     (out / "run.json").write_text(json.dumps(provenance, indent=2, default=str))

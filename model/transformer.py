@@ -15,6 +15,11 @@ a view). Then each layer is an ordinary batch row to Wan's AdaLN, so
 
 Nothing in diffusers is copied; with the table at zero, routing off and one timestep for
 all layers, the output is the backbone's own.
+
+Two switches exist for ablations: `layer_adaln=False` leaves the modulation as the backbone's
+(the table is then neither used nor trained), and `joint_attention=False` keeps self-attention
+within each layer's row, so every layer is denoised on its own trajectory and the layers share
+only the weights (and the prompts they are routed): the independent-generation baseline.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch.utils.checkpoint
 from accelerate import init_empty_weights
 from diffusers import ConfigMixin, ModelMixin, WanTransformer3DModel
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -70,6 +76,8 @@ class LayeredWanTransformer(ModelMixin, ConfigMixin):
         num_layer_types: int = len(LayerType),
         positions: PositionMode = "concat",
         layer_routing: bool = True,
+        layer_adaln: bool = True,
+        joint_attention: bool = True,
     ) -> None:
         super().__init__()
         if positions not in POSITION_MODES:
@@ -108,7 +116,10 @@ class LayeredWanTransformer(ModelMixin, ConfigMixin):
 
     def _attach(self) -> None:
         for block in self.backbone.blocks:
-            block.attn1.set_processor(LayerSelfAttnProcessor(self.layer_state))
+            # Without joint attention each [B*L] row is its own sequence, which is just what Wan's
+            # processor attends over: no token meets another layer's.
+            block.attn1.set_processor(LayerSelfAttnProcessor(self.layer_state) if self.config.joint_attention
+                                      else WanAttnProcessor())
             block.attn2.set_processor(LayerRoutedAttnProcessor(self.layer_state))
         self.backbone.condition_embedder.register_forward_hook(self._layer_modulation_hook)
         self.backbone.rope.register_forward_hook(self._positions_hook)
@@ -166,7 +177,7 @@ class LayeredWanTransformer(ModelMixin, ConfigMixin):
 
     def _layer_modulation_hook(self, module: nn.Module, args: tuple, output: tuple) -> tuple:
         """LayerAdaLN: add each layer type's [6, D] row to the modulation of its [B*L] rows."""
-        if self._call is None:
+        if self._call is None or not self.config.layer_adaln:
             return output
         temb, modulation, text, image = output
         types = torch.tensor(self._call.layout.types, device=modulation.device)
@@ -186,13 +197,27 @@ class LayeredWanTransformer(ModelMixin, ConfigMixin):
         return (hidden.reshape(hidden.shape[0] * layers, -1, hidden.shape[-1]), *rest)
 
     def _positions_hook(self, module: nn.Module, args: tuple, output: tuple) -> tuple:
-        if self._call is None or self.config.positions == "concat":
+        """Swap in the configured position variant; without joint attention, one layer's positions.
+
+        A row then attends only within itself, and RoPE scores depend on position differences
+        alone: a layer's own positions and layer 0's differ by a constant (the concat time offset,
+        the 4d layer index), which cancels. So layer 0's [1, n] table serves every row as its own
+        and broadcasts over the B*L rows without a copy. Per row, concat and aligned are then the
+        backbone's positions for a one-layer video; 4d differs only in spending its layer-axis
+        channels on a position that cancels.
+        """
+        if self._call is None:
             return output
-        cos, sin = rotary_frequencies(
-            self.config.positions, self.backbone.config.attention_head_dim, self._call.layout.num_layers,
-            self._call.grid, device=output[0].device,
-        )
-        return cos.to(output[0].dtype), sin.to(output[1].dtype)
+        cos, sin = output
+        if self.config.positions != "concat":
+            cos, sin = rotary_frequencies(
+                self.config.positions, self.backbone.config.attention_head_dim, self._call.layout.num_layers,
+                self._call.grid, device=cos.device,
+            )
+            cos, sin = cos.to(output[0].dtype), sin.to(output[1].dtype)
+        if not self.config.joint_attention:
+            cos, sin = cos[:, :self._call.tokens_per_layer], sin[:, :self._call.tokens_per_layer]
+        return cos, sin
 
     # LoRA and the small layer weights, saved apart from the (frozen) backbone.
 

@@ -6,6 +6,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
@@ -13,9 +14,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from layert2v.checkpoint import latest_checkpoint, load_checkpoint
-from layert2v.pipeline import LayerT2VPipeline
+from layert2v.pipeline import LayerPrompts, LayerT2VPipeline
 from layert2v.runs import ConfigError
-from layert2v.train import load_config, train
+from layert2v.train import LayerLearning, load_config, train
 from vidlayer.cli import app
 
 CONFIGS = Path(__file__).parents[2] / "model" / "configs"
@@ -149,6 +150,38 @@ def test_gradient_accumulation_counts_optimizer_steps(shards, runs, tmp_path):
     lrs = [m["lr"] for m in read_metrics(single)]
     assert [m["step"] for m in read_metrics(accumulated)] == [1, 2, 3, 4]
     assert [m["lr"] for m in read_metrics(accumulated)] == pytest.approx(lrs)
+
+
+@pytest.mark.parametrize("lora", [(), ("lora={rank: 4, alpha: 4}",)])
+def test_without_layer_adaln_the_table_is_not_trained(tiny_checkpoint, tmp_path, lora):
+    def trainable(layer_adaln: str) -> list[str]:
+        cfg = load_config(CONFIGS / "stage2.yaml", preset="tiny", out=str(tmp_path),
+                          overrides=(f"model={tiny_checkpoint}", "init=null", f"layer_adaln={layer_adaln}", *lora))
+        job = LayerLearning(cfg, tiny_checkpoint, {}, torch.device("cpu"))
+        trained = {id(p) for p in job.parameters()}
+        names = [n for n, p in job.transformer.named_parameters() if id(p) in trained]
+        assert names == [n for n, p in job.transformer.named_parameters() if p.requires_grad]
+        return names
+
+    with_table, without = trainable("true"), trainable("false")
+    assert "layer_modulation" in with_table
+    assert without == [n for n in with_table if n != "layer_modulation"]
+    assert len(without) > 0 and all(".lora_" in n for n in without) == bool(lora)
+
+
+def test_ablation_switches_reach_run_json_and_the_sampler(shards, tmp_path):
+    """A LoRA run exports layer weights, so the sampler rebuilds the transformer from run.json."""
+    run = train(config(2, shards, tmp_path / "ablation", "init=null", "data.foregrounds=null", "optim.max_steps=2",
+                       "lora={rank: 4, alpha: 4}", "layer_adaln=false", "joint_attention=false"), progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] and info["layer_adaln"] is False and info["joint_attention"] is False
+    table = load_file(Path(info["layer_weights"]) / "layer_weights.safetensors")["layer_modulation"]
+    assert table.abs().sum() == 0  # never trained: still its zero init
+    pipe = LayerT2VPipeline.from_run(run)
+    assert (pipe.transformer.config.layer_adaln, pipe.transformer.config.joint_attention) == (False, False)
+    (video,) = pipe(LayerPrompts("a ball on a table", "a table", ("a red ball",)), num_frames=5, height=32,
+                    width=32, steps=1)
+    assert all(np.isfinite(layer).all() for layer in video.layers.values())
 
 
 def test_overrides_reach_into_sections_the_preset_left_null(shards, tmp_path):

@@ -53,6 +53,57 @@ def test_layer_table_changes_each_layer_type(tiny_transformer, random_inputs):
     assert (after["alpha0"] - before["alpha0"]).abs().mean() > 3 * (after["full"] - before["full"]).abs().mean()
 
 
+@pytest.mark.parametrize("layer_adaln", [True, False])
+def test_the_layer_table_acts_only_with_layer_adaln(tiny_transformer, random_inputs, layer_adaln):
+    model = tiny_transformer(layer_adaln=layer_adaln)
+    layout = Layout(1)
+    inputs = random_inputs(model, layout)
+    with torch.no_grad():
+        zero = model(*inputs, layout)
+    randomise_layer_table(model)
+    out = model(*inputs, layout)
+    assert torch.equal(out, zero) != layer_adaln
+    out.pow(2).mean().backward()
+    assert (model.layer_modulation.grad is not None) == layer_adaln
+
+
+@pytest.mark.parametrize(("joint", "positions"), [(True, "concat"), (False, "concat"), (False, "aligned"),
+                                                  (False, "4d")])
+def test_without_joint_attention_a_layer_ignores_the_others(tiny_transformer, random_inputs, joint, positions):
+    model = tiny_transformer(joint_attention=joint, positions=positions)
+    layout = Layout(1)
+    latents, timesteps, prompts = random_inputs(model, layout)
+    layers = layout.unpack(latents)
+    layers["background"] = torch.randn(layers["background"].shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model(latents, timesteps, prompts, layout)
+        edited = model(layout.pack(layers), timesteps, prompts, layout)
+    assert out.shape == latents.shape
+    full, edited_full = layout.unpack(out)["full"], layout.unpack(edited)["full"]
+    if joint:
+        assert (full - edited_full).abs().max() > 1e-3
+    else:
+        torch.testing.assert_close(full, edited_full)
+
+
+@pytest.mark.parametrize("positions", ["concat", "aligned"])
+def test_independent_layers_are_the_backbone_run_on_each_layer_alone(tiny_transformer, random_inputs, positions):
+    """Both switches and routing off: each layer is the plain backbone's output for that layer
+    alone, with its own timestep and the backbone's positions for a one-layer video."""
+    model = tiny_transformer(layer_routing=False, layer_adaln=False, joint_attention=False, positions=positions)
+    randomise_layer_table(model)  # unused: must not matter
+    base = WanTransformer3DModel.from_config(model.backbone.config)
+    base.load_state_dict(model.backbone.state_dict())
+    layout = Layout(1)
+    latents, _, prompts = random_inputs(model, layout)
+    timesteps = torch.tensor([[900.0, 600.0, 300.0, 0.0], [100.0, 200.0, 300.0, 400.0]])
+    with torch.no_grad():
+        out = layout.unpack(model(latents, timesteps, prompts, layout))
+        for layer, (name, alone) in enumerate(layout.unpack(latents).items()):
+            plain = base(alone, timesteps[:, layer], prompts.flatten(1, 2), return_dict=False)[0]
+            torch.testing.assert_close(out[name], plain, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_routed_cross_attention_equals_dense_mask_reference(tiny_transformer, random_inputs, k):
     layout = Layout(k)
@@ -135,11 +186,12 @@ def test_gradients_reach_layer_table_and_lora(tiny_transformer, random_inputs):
     assert all(p.grad is None for n, p in model.named_parameters() if "lora" not in n and n != "layer_modulation")
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_transformer, random_inputs):
+@pytest.mark.parametrize("joint", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_transformer, random_inputs, joint):
     layout = Layout(1)
     grads = []
     for checkpointing in (False, True):
-        model = tiny_transformer()
+        model = tiny_transformer(joint_attention=joint)
         randomise_layer_table(model)
         if checkpointing:
             model.enable_gradient_checkpointing()
@@ -149,13 +201,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_transformer, rando
     torch.testing.assert_close(grads[0], grads[1])
 
 
-def test_save_pretrained_round_trip(tiny_transformer, random_inputs, tmp_path):
-    model = tiny_transformer(positions="aligned")
+@pytest.mark.parametrize("options", [dict(positions="aligned"),
+                                     dict(positions="4d", layer_adaln=False, joint_attention=False)])
+def test_save_pretrained_round_trip(tiny_transformer, random_inputs, tmp_path, options):
+    model = tiny_transformer(**options)
     randomise_layer_table(model)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = LayeredWanTransformer.from_pretrained(tmp_path)
-    assert loaded.config.positions == "aligned"
+    assert {k: loaded.config[k] for k in options} == options
     layout = Layout(2)
     inputs = random_inputs(model, layout)
     with torch.no_grad():
