@@ -13,6 +13,7 @@ from vidlayer.evaluation.evaluate import Prediction
 from vidlayer.io.manifest import read_manifest
 from vidlayer.layers import recomposite_error
 from vidlayer.random_models import tiny_models_overrides
+from vidlayer.random_models.vace import write_tiny_vace
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,15 @@ def test_on_ray_the_model_stages_run_in_actor_pools_and_write_the_same_samples(r
     for key, meta in ray_samples.items():
         assert meta["num_foregrounds"] == inline_samples[key]["num_foregrounds"]
     assert {"ground", "segment", "caption"} <= set(summary.stage_rates)
+
+
+def test_the_vace_inpainter_fills_the_background_in_a_build(raw, tiny_models, small, tmp_path):
+    vace = write_tiny_vace(tmp_path / "vace")
+    pipeline = models_pipeline(tiny_models, small, "ground.score_threshold=0", "inpaint.backend=vace",
+                               f"inpaint.model={vace}", "inpaint.steps=2")
+    summary = build(raw, tmp_path / "out", pipeline, executor="inline")
+    assert summary.inputs == {"written": 3}
+    for sample in samples(tmp_path / "out"):
+        layers = Prediction.from_sample({**sample, "json": json.loads(sample["json"])})
+        assert 0 < layers.meta["metrics"]["inpaint_hole_fraction"] < 1
+        assert layers.background.shape == layers.full.shape

@@ -53,8 +53,7 @@ class PropagateInpaint(Stage):
         p: PropagateInpaintParams = self.params
         frames = clip.frames
         margin = max(1, round(p.margin * min(frames.shape[1:3])))
-        cores = clip.alphas.sum(axis=0) > p.alpha_threshold
-        holes = np.stack([cv2.dilate(core.astype(np.uint8), disk(margin)) > 0 for core in cores])
+        cores, holes = clip_holes(clip.alphas, p.alpha_threshold, margin)
         homographies = motion_of(clip).homographies
         if p.refine_iterations > 0:
             homographies = refine_camera(frames, ~holes, homographies, p.refine_iterations)
@@ -71,6 +70,13 @@ class PropagateInpaint(Stage):
         clip.metrics.update(inpaint_hole_fraction=float(holes.mean()),
                             inpaint_seen_fraction=1 - unseen_total / hole_total if hole_total else 1.0)
         return clip
+
+
+def clip_holes(alphas: np.ndarray, threshold: float, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cores, holes) [T, H, W] bool: where any matte is above `threshold`, and that grown by `margin`
+    pixels, so that the blended seam lies outside the subject."""
+    cores = alphas.sum(axis=0) > threshold
+    return cores, np.stack([cv2.dilate(core.astype(np.uint8), disk(margin)) > 0 for core in cores])
 
 
 def refine_camera(frames: np.ndarray, background: np.ndarray, homographies: np.ndarray,
