@@ -13,7 +13,6 @@ Re-running the same command skips inputs that the journal already has and redoes
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from vidlayer.config import Pipeline
 from vidlayer.executors import InlineExecutor, RayExecutor, Task, start_task
 from vidlayer.io.inputs import discover
 from vidlayer.io.manifest import Journal, rows_for, write_parquet
-from vidlayer.io.shards import ShardSink, finish_or_discard_parts, shard_index
+from vidlayer.io.shards import ShardSink, finish_or_discard_parts, shard_index, stamp_sample
 
 STATE_DIR = ".vidlayer"
 SHARDS_DIR = "shards"
@@ -189,7 +188,7 @@ def build(
                 for task in _finished_tasks(todo, pipeline, workers, executor, ray_address, meter.pools):
                     meter.add(task)
                     rows = rows_for(task.item, task.outcomes, name, config_hash)
-                    samples = [_finalise(o.clip.sample, name, config_hash)
+                    samples = [stamp_sample(o.clip.sample, name, config_hash)
                                for o in task.outcomes if o.status is Status.WRITTEN]
                     if samples:
                         shard = sink.write_group(samples)
@@ -234,12 +233,6 @@ def _finished_tasks(items: list[InputItem], pipeline: Pipeline, workers: int, ex
         yield from runner.run(runnable)
     finally:
         runner.close()
-
-
-def _finalise(sample: dict[str, Any], pipeline: str, config_hash: str) -> dict[str, Any]:
-    """Stamp the sample's metadata with the pipeline that made it and serialise it."""
-    meta = {**sample["json"], "pipeline": pipeline, "config_hash": config_hash}
-    return {**sample, "json": json.dumps(meta, sort_keys=True).encode()}
 
 
 def _summarise(summary: BuildSummary, folder: OutputFolder) -> None:

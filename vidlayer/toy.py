@@ -42,13 +42,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-import webdataset as wds
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import vidlayer
 from vidlayer.clip import Captions, Clip, VideoInfo
-from vidlayer.io.shards import PART_SUFFIX, SHARD_PATTERN
+from vidlayer.io.shards import ShardSink, stamp_sample
 from vidlayer.layers import composite
 from vidlayer.stages.write import Write, WriteParams
 
@@ -424,8 +423,7 @@ def encode_sample(video: ToyVideo, key: str, fps: float = DEFAULT_FPS, config_ha
     for entry, path in zip(toy["objects"], video.layout["objects"]):
         entry.update(path)
     toy["background"].update(video.layout["background"])
-    meta = {**sample["json"], "pipeline": "toy", "config_hash": config_hash, "toy": toy}
-    return {**sample, "json": json.dumps(meta, sort_keys=True).encode()}
+    return stamp_sample({**sample, "json": {**sample["json"], "toy": toy}}, "toy", config_hash)
 
 
 @dataclass
@@ -502,21 +500,15 @@ def _write_split(folder: Path, split: str, count: int, seed: int, frames: int, s
     """Write one split's shards (each renamed from `.part` once complete) and prompts; return the shard names."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
-
-    def finish(part: str) -> None:
-        final = Path(part.removesuffix(PART_SUFFIX))
-        Path(part).replace(final)
-        written.append(final.name)
-
-    with (wds.ShardWriter(str(folder / (SHARD_PATTERN + PART_SUFFIX)), maxcount=shard_size, maxsize=float("inf"),
-                          post=finish, verbose=0) as writer,
-          open(folder / "prompts.jsonl", "w") as prompts):
+    sink = ShardSink(folder, 0, shard_size, max_bytes=2**63, on_commit=written.append)
+    with open(folder / "prompts.jsonl", "w") as prompts:
         for index in range(count):
             video = make_video(seed, split, index, frames, size, max_objects)
             key = f"toy-{split}-{index:06d}"
-            writer.write(encode_sample(video, key, fps, config_hash))
+            sink.write_group([encode_sample(video, key, fps, config_hash)])
             captions = video.scene.captions()
             prompts.write(json.dumps({"key": key, "full": captions.full, "background": captions.background,
                                       "foreground": captions.foreground, "toy": video.scene.to_json()}) + "\n")
             advance()
+    sink.close()
     return written

@@ -33,6 +33,12 @@ class UnsafeTarError(ValueError):
     """A tar member whose name or type could escape the folder it is read into."""
 
 
+def stamp_sample(sample: dict[str, Any], pipeline: str, config_hash: str) -> dict[str, Any]:
+    """Stamp the sample's metadata with the pipeline that made it and serialise it."""
+    meta = {**sample["json"], "pipeline": pipeline, "config_hash": config_hash}
+    return {**sample, "json": json.dumps(meta, sort_keys=True).encode()}
+
+
 class ShardSink:
     """Writes samples into numbered shards and calls `on_commit(shard_name)` as each one closes.
 
