@@ -62,7 +62,7 @@ class StageChain:
         limit_threads(max(1, int(group_resources(specs).cpus)))
         self.stages = [spec.build() for spec in specs]
         self.final = final
-        self.batch_size = max(stage.batch_size for stage in self.stages)
+        self.batch_size = group_batch_size(specs)
         for stage in self.stages:
             stage.setup()
 
@@ -138,6 +138,11 @@ def on_cpu(specs: list[StageSpec]) -> list[StageSpec]:
     if any(s.resources.gpus for s in specs):
         log.warning("the Ray cluster has no GPU: model stages run on CPUs (slowly)")
     return [dataclasses.replace(s, resources=dataclasses.replace(s.resources, gpus=0.0)) for s in specs]
+
+
+def group_batch_size(group: list[StageSpec]) -> int:
+    """Tasks a chain takes per call: enough for its most batched stage."""
+    return max(spec.build().batch_size for spec in group)
 
 
 def group_resources(group: list[StageSpec]) -> Resources:
@@ -236,7 +241,7 @@ class RayExecutor:
             resources = group_resources(group)
             actors = min(self.pool_size(group), len(tasks))
             # A batch holds at most an actor's share of the inputs, so that one actor does not take them all.
-            batch_size = min(max(spec.build().batch_size for spec in group), -(-len(tasks) // actors))
+            batch_size = min(group_batch_size(group), -(-len(tasks) // actors))
             with warnings.catch_warnings():
                 # Ray Data has no named parameter for max_task_retries yet (pyproject pins ray < 2.64).
                 warnings.simplefilter("ignore", DeprecationWarning)
