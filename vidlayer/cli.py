@@ -75,7 +75,8 @@ def build(
                                         "or a csv/jsonl/parquet manifest with path and caption columns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (shards/, manifest.parquet).")],
     workers: Annotated[int, typer.Option(help="Clips processed in parallel.")] = os.cpu_count() or 1,
-    pipeline: Annotated[str, typer.Option(help="Pipeline YAML, or the name of one in pipelines/.")] = "default",
+    pipeline: Annotated[str, typer.Option(help="Pipeline YAML, or a shipped one: default (weights-free, CPU) or models "
+                                                     "(grounding, SAM 2, VLM captions; set their weights, see README).")] = "default",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a pipeline value: "
                                                       "stage.param=value (repeatable).")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting a local one.")] = None,
