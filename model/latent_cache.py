@@ -20,6 +20,7 @@ batches without decoding their tensors). The cache fixes the crop: every epoch s
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -32,7 +33,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
-from .data import DataConfig, LayerLoader, _group_by_foregrounds, _rng
+from .data import DataConfig, LayerBatch, LayerLoader, _group_by_foregrounds, _rng
 from .layout import Layout
 from .text import TextEncoder
 from .vae import LayerVAE
@@ -43,6 +44,7 @@ EMPTY_PROMPT = "empty_prompt.safetensors"
 CACHE_INFO = "cache.json"
 SHARD_MAX_SAMPLES = 1000
 SHARD_MAX_BYTES = 1e9
+ENCODE_BATCH = 8  # clips of one foreground count encoded together
 
 
 def _finish_shard(partial: str) -> None:
@@ -74,23 +76,37 @@ def cache_latents(config: DataConfig, vae: LayerVAE, text: TextEncoder, text_len
     count = 0
     writer = wds.ShardWriter(str(out / (SHARD_PATTERN + PARTIAL_SUFFIX)), maxcount=SHARD_MAX_SAMPLES,
                              maxsize=SHARD_MAX_BYTES, post=_finish_shard, verbose=0)
+
+    def write(group: list[LayerBatch]) -> None:
+        """Encode clips of one layout together (the VAE is several times faster per clip in batches)."""
+        latents = {name: vae.encode_layer(name, torch.cat([b.videos[name] for b in group])).cpu()
+                   for name in group[0].videos}
+        embeds = text.encode([p for b in group for p in b.prompts[0]], text_length).cpu()
+        for i, (batch, prompts) in enumerate(zip(group, embeds.chunk(len(group)))):
+            writer.write({
+                "__key__": batch.keys[0],
+                "latents.safetensors": save_safetensors({n: v[i].contiguous() for n, v in latents.items()}),
+                "prompts.safetensors": save_safetensors({"embeds": prompts.contiguous()}),
+                "json": {"num_foregrounds": batch.layout.num_foregrounds, "prompts": batch.prompts[0],
+                         "frames": config.num_frames, "height": config.height, "width": config.width,
+                         "fps": config.fps},
+            })
+        bar.update(len(group))
+
     try:
         with torch.no_grad(), tqdm(desc="caching latents", unit="clip", disable=not progress) as bar:
+            pending: dict[int, list[LayerBatch]] = defaultdict(list)
             for batch in LayerLoader(config):
-                latents = {name: vae.encode_layer(name, video)[0].cpu().contiguous()
-                           for name, video in batch.videos.items()}
-                prompts = batch.prompts[0]
-                embeds = text.encode(prompts, text_length).cpu().contiguous()
-                writer.write({
-                    "__key__": batch.keys[0],
-                    "latents.safetensors": save_safetensors(latents),
-                    "prompts.safetensors": save_safetensors({"embeds": embeds}),
-                    "json": {"num_foregrounds": batch.layout.num_foregrounds, "prompts": prompts,
-                             "frames": config.num_frames, "height": config.height, "width": config.width,
-                             "fps": config.fps},
-                })
-                count += 1
-                bar.update()
+                group = pending[batch.layout.num_foregrounds]
+                group.append(batch)
+                if len(group) == ENCODE_BATCH:
+                    write(group)
+                    count += len(group)
+                    group.clear()
+            for group in pending.values():
+                if group:
+                    write(group)
+                    count += len(group)
     except BaseException:
         # Never rename a shard cut short: close it under its temporary name and drop it.
         writer.post = None

@@ -252,14 +252,16 @@ class LayerT2VPipeline:
         generator = torch.Generator().manual_seed(seed)
         packed = sample_latents(self.transformer, self.scheduler, layout, latent_shape, positive, negative,
                                 guidance_scale, steps, conditions, generator, progress)
-        return [self._decode(layout, packed[i:i + 1], fps, p) for i, p in enumerate(prompts)]
+        return self._decode(layout, packed, fps, prompts)
 
-    def _decode(self, layout: Layout, packed: torch.Tensor, fps: float, prompts: LayerPrompts) -> LayeredVideo:
-        layers = {}
+    def _decode(self, layout: Layout, packed: torch.Tensor, fps: float,
+                prompts: list[LayerPrompts]) -> list[LayeredVideo]:
+        """Each layer decoded for the whole batch at once (the VAE is faster per clip in batches)."""
+        layers: dict[str, np.ndarray] = {}
         for name, kind, latent in zip(layout.names, layout.types, layout.unpack(packed).values()):
             if kind == LayerType.ALPHA:
-                layers[name] = self.vae.decode_alpha(latent)[0, 0].float().cpu().numpy()
+                layers[name] = self.vae.decode_alpha(latent)[:, 0].float().cpu().numpy()
             else:
-                video = self.vae.decode_video(latent)[0].permute(1, 2, 3, 0).float().cpu().numpy()
-                layers[name] = (video + 1) / 2
-        return LayeredVideo(layers, fps, prompts)
+                layers[name] = (self.vae.decode_video(latent).permute(0, 2, 3, 4, 1).float().cpu().numpy() + 1) / 2
+        return [LayeredVideo({name: video[i] for name, video in layers.items()}, fps, p)
+                for i, p in enumerate(prompts)]
