@@ -42,6 +42,14 @@ PRESETS: dict[str, Preset] = {
         text_length=16,
         description="random init, CPU-sized; for tests, demos and smoke runs",
     ),
+    "toy": Preset(
+        "toy",
+        dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16, out_channels=16,
+             text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4, cross_attn_norm=True,
+             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+        text_length=32,
+        description="random init, trained from scratch on `vidlayer synth --toy` (see layert2v.toy_base)",
+    ),
     "wan2.1-t2v-1.3b": Preset(
         "wan2.1-t2v-1.3b", dict(_WAN_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30), text_length=512,
         description="Wan2.1-T2V-1.3B; load weights from a local diffusers folder",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -75,9 +75,12 @@ A small cat sleeps on a wooden table next to a window. The background is a blurr
 """
 
 
-def _tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A T5-style Unigram tokenizer with a fixed vocabulary: built, not trained, so it is byte-for-byte reproducible."""
-    words = sorted(set(re.findall(r"[A-Za-z]+", _CORPUS)))
+def _tiny_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """A T5-style Unigram tokenizer with a fixed vocabulary: built, not trained, so it is byte-for-byte reproducible.
+
+    `extra_words` become whole tokens too (a domain's vocabulary, e.g. the toy captions').
+    """
+    words = sorted(set(re.findall(r"[A-Za-z]+", _CORPUS)) | set(extra_words))
     chars = sorted(set(string.printable) - set(string.whitespace))
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -5.0)]
     vocab += [("\u2581" + w, -2.0) for w in words] + [(c, -10.0) for c in chars]
@@ -93,9 +96,10 @@ def _tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def write_tiny_text_encoder(path: Path, seed: int = 0) -> None:
-    """Write a random tiny UMT5 and its tokenizer in Wan's folder layout, for tests and smoke runs."""
-    tokenizer = _tiny_tokenizer()
+def write_tiny_text_encoder(path: Path, seed: int = 0, words: Iterable[str] = ()) -> None:
+    """Write a random tiny UMT5 and its tokenizer in Wan's folder layout, for tests and smoke runs; `words` are
+    tokenized whole, so each gets its own (random) embedding instead of being spelled out in characters."""
+    tokenizer = _tiny_tokenizer(words)
     config = UMT5Config(
         vocab_size=len(tokenizer), d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0
     )

@@ -93,3 +93,10 @@ def test_write_tiny_text_encoder_is_deterministic(tmp_path, encoder):
     assert torch.equal(embeds["a"], embeds["b"])
     assert torch.equal(embeds["a"], encoder.encode(PROMPTS, 16))
     assert not torch.allclose(embeds["a"], embeds["c"])
+
+
+def test_extra_words_become_whole_tokens(tmp_path, encoder):
+    write_tiny_text_encoder(tmp_path, words=["heron", "lagoon"])
+    extended = TextEncoder.from_pretrained(tmp_path)
+    assert token_count(extended, "heron lagoon") == 3
+    assert token_count(encoder, "heron lagoon") > 3  # spelled out in characters without them
