@@ -15,7 +15,7 @@ PROMPT ?= a red ball bounces across a wooden table in a sunny kitchen
 FG ?= a red ball bouncing
 BG ?= a wooden table in a sunny kitchen
 
-.PHONY: install test demo bench bench-quality bench-models bench-model train-stage1 train-stage2 train-stage3 sample clean
+.PHONY: install test demo bench bench-quality bench-models bench-model repro-toy train-stage1 train-stage2 train-stage3 sample clean
 
 # torch is pinned through constraints.txt (a local CPU wheel here); pyproject.toml stays loose.
 # SAM2 goes in without its dependencies: the only torchvision on this registry is a CUDA build that
@@ -58,6 +58,10 @@ bench-models: $(INSTALLED)
 # Layered vs plain Wan transformer training step; e.g. make bench-model ARGS="--preset wan2.1-t2v-1.3b --device cuda"
 bench-model: $(INSTALLED)
 	$(BIN)/python bench/bench_model.py $(ARGS)
+
+# The paper's ablations on the toy domain (every variant x 3 seeds) -> docs/RESULTS.md; SET="seeds=[0] ..." overrides
+repro-toy: $(INSTALLED)
+	$(BIN)/vidlayer repro-toy $(foreach s,$(SET),--set $(s))
 
 train-stage1: $(INSTALLED)
 	$(BIN)/vidlayer train $(or $(CONFIG),model/configs/stage1.yaml) $(TRAIN_ARGS)

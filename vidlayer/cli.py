@@ -274,6 +274,29 @@ def train(
                           f"edge sharpness {m['edge_sharpness']:.3f}")
 
 
+@app.command("repro-toy")
+def repro_toy(
+    config: Annotated[Optional[Path], typer.Option(help="Study YAML (default: model/configs/repro_toy.yaml).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a study setting: key=value, e.g. "
+                                                      "seeds=[0] or vae.steps=500 (repeatable).")] = None,
+) -> None:
+    """The paper's ablations on the toy domain: train every variant per seed, score samples, write the report.
+
+    Resumable: a rerun skips what is complete (data, toy VAE, finished runs, scored samples).
+    """
+    from layert2v.repro.toy import Study, load_repro_config
+    from layert2v.runs import ConfigError
+
+    overrides = tuple(set_ or ())
+    try:
+        study = Study(load_repro_config(config, overrides),
+                      command=" ".join(["vidlayer repro-toy", *(f"--set {o}" for o in overrides)]))
+        report = study.run()
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    console.print(f"report: [bold]{report}[/] (runs and samples under {study.out})")
+
+
 @app.command("cache-latents")
 def cache_latents_command(
     config: Annotated[Path, typer.Argument(help="The stage 2 or 3 config YAML the cache is for.")],
