@@ -141,6 +141,8 @@ def load_samples(path: str | Path) -> Iterator[GeneratedSample]:
 def _hsv(frames: np.ndarray) -> np.ndarray:
     """[..., 3] uint8 RGB to float HSV with hue in degrees and saturation, value in 0..1."""
     flat = frames.reshape(-1, 1, 3).astype(np.float32) / 255
+    if not flat.size:  # an empty matte selects no pixel; OpenCV refuses empty images
+        return np.zeros(frames.shape, np.float32)
     return cv2.cvtColor(flat, cv2.COLOR_RGB2HSV).reshape(frames.shape)
 
 

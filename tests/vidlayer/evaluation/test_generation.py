@@ -145,6 +145,16 @@ def test_a_missing_layer_counts_as_wrong():
     assert row["objects"][1]["measured"] is None and row["colour"] == row["shape"] == row["motion"] == 0.5
 
 
+def test_an_empty_matte_reads_as_nothing_and_counts_as_wrong():
+    sample = truth_sample()
+    alphas = sample.alphas.copy()
+    alphas[1] = 0.0  # a generated layer with no object at all
+    row = score_sample(recomposed(sample, alphas=alphas))
+    assert object_colour(sample.foregrounds[1], alphas[1]) is None
+    assert row["objects"][1]["measured"]["colour"] is None and row["objects"][1]["colour"] == 0.0
+    assert row["objects"][0]["colour"] == 1.0
+
+
 def test_summary_counts_objects_and_splits(perfect):
     sample = truth_sample()
     foregrounds = sample.foregrounds.copy()
