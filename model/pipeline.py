@@ -252,11 +252,12 @@ class LayerT2VPipeline:
         generator = torch.Generator().manual_seed(seed)
         packed = sample_latents(self.transformer, self.scheduler, layout, latent_shape, positive, negative,
                                 guidance_scale, steps, conditions, generator, progress)
-        return self._decode(layout, packed, fps, prompts)
+        return self.decode(layout, packed, fps, prompts)
 
-    def _decode(self, layout: Layout, packed: torch.Tensor, fps: float,
+    def decode(self, layout: Layout, packed: torch.Tensor, fps: float,
                 prompts: list[LayerPrompts]) -> list[LayeredVideo]:
-        """Each layer decoded for the whole batch at once (the VAE is faster per clip in batches)."""
+        """Packed latents [B, C, L*T', H', W'] -> one LayeredVideo per prompt; each layer is decoded for the
+        whole batch at once (the VAE is faster per clip in batches)."""
         layers: dict[str, np.ndarray] = {}
         for name, kind, latent in zip(layout.names, layout.types, layout.unpack(packed).values()):
             if kind == LayerType.ALPHA:

@@ -33,21 +33,17 @@ _WAN_COMMON = dict(
     cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
 )
 
+_TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
+             text_dim=32, freq_dim=32, ffn_dim=128, num_layers=2, cross_attn_norm=True,
+             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
-        "tiny",
-        dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
-             text_dim=32, freq_dim=32, ffn_dim=128, num_layers=2, cross_attn_norm=True,
-             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
-        text_length=16,
+        "tiny", _TINY, text_length=16,
         description="random init, CPU-sized; for tests, demos and smoke runs",
     ),
     "toy": Preset(
-        "toy",
-        dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16, out_channels=16,
-             text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4, cross_attn_norm=True,
-             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
-        text_length=32,
+        "toy", dict(_TINY, num_attention_heads=4, freq_dim=64, ffn_dim=512, num_layers=4), text_length=32,
         description="random init, trained from scratch on `vidlayer synth --toy` (see layert2v.toy_base)",
     ),
     "wan2.1-t2v-1.3b": Preset(

@@ -80,9 +80,11 @@ def he_rescale(module: nn.Module) -> None:
                 conv.weight.mul_(math.sqrt(6))
 
 
-def layer_clips(shards: Path, limit: int, fps: float) -> torch.Tensor:
-    """The RGB layer videos of the first samples of a toy split as uint8 [N, 3, T, H, W]."""
-    size, frames = _clip_shape(shards.parent)
+def layer_clips(shards: Path, limit: int) -> torch.Tensor:
+    """The RGB layer videos of the first samples of a toy split as uint8 [N, 3, T, H, W], read at the
+    dataset's own size, length and rate (its toy.json)."""
+    info = json.loads((shards.parent / "toy.json").read_text())
+    size, frames, fps = info["size"], info["frames"], info["fps"]
     config = DataConfig(shards=str(shards), height=size, width=size, batch_size=1, num_frames=frames, fps=fps,
                         random_crop=False, shuffle_buffer=0, caption_dropout=0.0, repeat=False)
     clips: list[torch.Tensor] = []
@@ -94,11 +96,6 @@ def layer_clips(shards: Path, limit: int, fps: float) -> torch.Tensor:
     if not clips:
         raise ValueError(f"no toy samples in {shards}")
     return torch.stack(clips[:limit])
-
-
-def _clip_shape(dataset: Path) -> tuple[int, int]:
-    info = json.loads((dataset / "toy.json").read_text())
-    return info["size"], info["frames"]
 
 
 def _as_float(clips: torch.Tensor) -> torch.Tensor:
@@ -163,9 +160,8 @@ def write_toy_base(path: str | Path, dataset: str | Path, seed: int = 0, fit: Va
     if (path / INFO).exists():
         return json.loads((path / INFO).read_text())
     fit = fit or VaeFit(seed=seed)
-    fps = json.loads((dataset / "toy.json").read_text())["fps"]
-    train = layer_clips(dataset / "train", fit.max_clips, fps)
-    held_out = layer_clips(dataset / "test", fit.eval_clips, fps)
+    train = layer_clips(dataset / "train", fit.max_clips)
+    held_out = layer_clips(dataset / "test", fit.eval_clips)
 
     torch.manual_seed(seed)
     random_backbone("toy").save_pretrained(path / "transformer")

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from vidlayer.config import PipelineError, build_dataclass
 from vidlayer.evaluation.generation import GeneratedSample, evaluate_generation, load_samples
-from vidlayer.toy import write_toy_dataset
+from vidlayer.toy import DEFAULT_FPS, write_toy_dataset
 
 from ..pipeline import LayeredVideo, LayerPrompts, LayerT2VPipeline
 from ..runs import ConfigError, run_provenance
@@ -286,17 +286,12 @@ class Study:
 
     def _round_trip(self, run: Path, folder: Path) -> None:
         pipe = LayerT2VPipeline.from_run(run)
-        with torch.no_grad():
-            for truth in self.prompts:
-                layers = _true_layers(truth)
-                latents = pipe.encode_layers(layers)
-                decoded = {}
-                for name, latent in latents.items():
-                    if name.startswith("alpha"):
-                        decoded[name] = pipe.vae.decode_alpha(latent)[0, 0].numpy()
-                    else:
-                        decoded[name] = (pipe.vae.decode_video(latent)[0].permute(1, 2, 3, 0).numpy() + 1) / 2
-                _save_sample(LayeredVideo(decoded, 16.0, _prompts(truth)), truth, folder / truth.key)
+        for truth in self.prompts:
+            prompts = _prompts(truth)
+            packed = prompts.layout.pack(pipe.encode_layers(_true_layers(truth)))
+            with torch.no_grad():
+                (video,) = pipe.decode(prompts.layout, packed, DEFAULT_FPS, [prompts])
+            _save_sample(video, truth, folder / truth.key)
 
     def _row(self, name: str, group: str, label: str, what: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
         return {"name": name, "group": group, "label": label, "what": what,
@@ -368,7 +363,7 @@ def _given_layers(truth: GeneratedSample, given: tuple[str, ...]) -> dict[str, n
 
 
 def _layered(truth: GeneratedSample) -> LayeredVideo:
-    return LayeredVideo(_true_layers(truth), 16.0, _prompts(truth))
+    return LayeredVideo(_true_layers(truth), DEFAULT_FPS, _prompts(truth))
 
 
 def _save_sample(video: LayeredVideo, truth: GeneratedSample, folder: Path) -> None:

@@ -54,9 +54,9 @@ def test_a_batch_decodes_as_its_samples_one_by_one(pipe):
     prompts = [PROMPTS, PROMPTS]
     layout = PROMPTS.layout
     packed = torch.randn(2, 16, layout.num_layers * 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    together = pipe._decode(layout, packed, 16.0, prompts)
+    together = pipe.decode(layout, packed, 16.0, prompts)
     for i, video in enumerate(together):
-        (alone,) = pipe._decode(layout, packed[i:i + 1], 16.0, prompts[:1])
+        (alone,) = pipe.decode(layout, packed[i:i + 1], 16.0, prompts[:1])
         for name, frames in alone.layers.items():
             np.testing.assert_allclose(video.layers[name], frames, atol=1e-5)
 

@@ -54,7 +54,7 @@ def test_every_caption_word_is_one_token(base):
 
 
 def test_layer_clips_are_the_rgb_layers(dataset):
-    clips = layer_clips(dataset / "train", limit=100, fps=16.0)
+    clips = layer_clips(dataset / "train", limit=100)
     info = json.loads((dataset / "toy.json").read_text())
     layers = sum(len(json.loads(line)["foreground"]) + 2
                  for line in (dataset / "train" / "prompts.jsonl").read_text().splitlines())
@@ -62,7 +62,7 @@ def test_layer_clips_are_the_rgb_layers(dataset):
 
 
 def test_fitting_lowers_the_reconstruction_loss(dataset):
-    clips = layer_clips(dataset / "train", limit=8, fps=16.0)
+    clips = layer_clips(dataset / "train", limit=8)
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**tiny_vae_config())
     he_rescale(vae)
@@ -73,7 +73,7 @@ def test_fitting_lowers_the_reconstruction_loss(dataset):
 
 
 def test_latent_statistics_make_the_latents_unit_scale(dataset):
-    clips = layer_clips(dataset / "train", limit=8, fps=16.0)
+    clips = layer_clips(dataset / "train", limit=8)
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**tiny_vae_config())
     set_latent_statistics(vae, clips)
