@@ -42,11 +42,17 @@ def synth(
     frames: Annotated[int, typer.Option(help="With --toy: frames per sample.")] = 17,
     size: Annotated[int, typer.Option(help="With --toy: frame width and height (even).")] = 64,
     shard_size: Annotated[int, typer.Option(help="With --toy: samples per shard.")] = 500,
+    hard: Annotated[bool, typer.Option("--hard", help="Hard clips, cycling through a camera tracking the subject, "
+                                                      "a near background plane with parallax, a near-static subject "
+                                                      "and a subject entering late (keys synth-hard-SEED-INDEX).")] = False,
 ) -> None:
     """Make synthetic raw clips from real photographs, with their ground-truth layers kept beside them.
 
+    With --hard, stage what real footage does to weights-free layering (see `synth.HARD_MODES`).
     With --toy, write layered training shards directly: flat shapes moving over drifting textures,
     captioned per layer, with a test split of attribute combinations that training never shows."""
+    if toy and hard:
+        raise fail("--hard applies to the photo clips, not to --toy")
     if toy:
         from vidlayer.toy import DEFAULT_FPS, write_toy_dataset
 
@@ -63,7 +69,8 @@ def synth(
     from vidlayer.synth import synthesize
 
     try:
-        keys = synthesize(out, n, seed, width=width, height=height, fps=24.0 if fps is None else fps, seconds=seconds)
+        keys = synthesize(out, n, seed, width=width, height=height, fps=24.0 if fps is None else fps, seconds=seconds,
+                          hard=hard)
     except ValueError as e:
         raise fail(str(e)) from None
     console.print(f"wrote {len(keys)} clips to [bold]{out / 'raw'}[/] and their ground truth to [bold]{out / 'gt'}[/]")

@@ -1,7 +1,9 @@
 """Synthetic layered clips with exact ground truth, made from real photographs.
 
 A clip is a photo backdrop seen through a moving camera, with photo cut-outs moving in front
-of it. Everything a layered-video pipeline should recover is kept: the clean background, each
+of it. Hard clips (`hard=True`) stage what defeats flow-and-homography layering on real footage:
+a camera tracking its subject, a nearer background plane with parallax, a near-static subject
+hiding background that no frame shows, and a subject that enters late. Everything a layered-video pipeline should recover is kept: the clean background, each
 layer's straight colour and visible alpha, the captions and the camera motion. `full` is by
 construction the over-composite of those layers, so a pipeline that recovers the layers
 exactly reproduces the video exactly, and any error is the pipeline's own.
@@ -15,7 +17,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,6 +38,11 @@ MAX_FOREGROUNDS = 4
 OCCLUDER_CHANCE = 0.25
 PLACEMENT_TRIES = 30
 HARMONICS = np.array([2, 3, 5], dtype=np.float32)  # lobes of the outline's wobble
+SPRITE_SIZES = (0.12, 0.30)  # side of a square with the sprite's area, as a fraction of the frame height
+HARD_MODES = ("tracking", "parallax", "static", "late")  # hard clip i gets HARD_MODES[i % 4]
+TRACKING_PARALLAX_CHANCE = 0.5  # a tracking clip also gets a near background plane
+STATIC_SIZES = (0.30, 0.45)  # a near-static subject is large: much background is never seen
+NEAR_PLANE_SPEEDUPS = (1.5, 3.0)  # a near plane's image motion over the far plane's
 
 
 @dataclass
@@ -50,6 +57,8 @@ class Scene:
     alphas: np.ndarray  # [K, T, H, W] float32, visible matte (after occlusion), in steps of 1/255
     captions: dict  # {"full": str, "foreground": [str] * K, "background": str}
     camera: np.ndarray  # [T, 3, 3] float64, homography from frame-0 pixels to frame-t pixels
+    hard: str | None = None  # the hard mode the clip stages (one of HARD_MODES), None for a normal clip
+    near_camera: np.ndarray | None = None  # [T, 3, 3] like `camera`, for the near background plane if any
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,8 @@ class Photo:
 
 
 @dataclass(frozen=True)
-class OccluderKind:
-    """A strip of the background that stands in front of the foreground, such as a post."""
+class StripKind:
+    """A textured strip of background: a post in front of the foreground, or a bank of near ground."""
 
     name: str
     texture: Photo
@@ -107,9 +116,15 @@ BACKDROPS = (
 )
 
 OCCLUDERS = (
-    OccluderKind("a wooden post", Photo("gravel", tint=(0.72, 0.5, 0.33)), raggedness=0.0),
-    OccluderKind("a stone pillar", Photo("gravel", tint=(0.62, 0.64, 0.68)), raggedness=0.0),
-    OccluderKind("hanging vines", Photo("grass", tint=(0.45, 0.8, 0.3)), raggedness=0.45),
+    StripKind("a wooden post", Photo("gravel", tint=(0.72, 0.5, 0.33)), raggedness=0.0),
+    StripKind("a stone pillar", Photo("gravel", tint=(0.62, 0.64, 0.68)), raggedness=0.0),
+    StripKind("hanging vines", Photo("grass", tint=(0.45, 0.8, 0.3)), raggedness=0.45),
+)
+
+GROUNDS = (  # near background planes: bands across the bottom of the frame
+    StripKind("a grassy bank", Photo("grass", tint=(0.5, 0.85, 0.35)), raggedness=0.15),
+    StripKind("a gravel verge", Photo("gravel", tint=(0.85, 0.8, 0.7)), raggedness=0.08),
+    StripKind("a low bank of dry grass", Photo("grass", tint=(0.95, 0.78, 0.45)), raggedness=0.2),
 )
 
 DIRECTIONS = ("to the right", "down and to the right", "downward", "down and to the left",
@@ -194,17 +209,32 @@ class CameraMove:
         return np.stack(frames)
 
 
+def still_camera(rng: np.random.Generator, width: int) -> CameraMove:
+    """A camera on a tripod: it drifts a fraction of a percent."""
+    return CameraMove(tuple(rng.normal(0, 0.003 * width, 2)), math.exp(rng.normal(0, 0.005)), 0.0)
+
+
+def panning_camera(rng: np.random.Generator, width: int, travel: tuple[float, float], sideways_odds: float,
+                   heading_spread: float) -> CameraMove:
+    """A pan over `travel` (fractions of the width), sideways with `sideways_odds`, else a tilt.
+
+    `heading_spread` (radians) lets it stray from level: a near plane would sweep up or down the frame.
+    """
+    sideways = rng.random() < sideways_odds
+    heading = rng.choice([0.0, math.pi]) if sideways else rng.choice([-math.pi / 2, math.pi / 2])
+    heading += rng.normal(0, heading_spread)
+    distance = rng.uniform(*travel) * width
+    return CameraMove((distance * math.cos(heading), distance * math.sin(heading)),
+                      math.exp(rng.uniform(-0.04, 0.04)), rng.normal(0, 0.01))
+
+
 def sample_camera(rng: np.random.Generator, width: int) -> CameraMove:
     """Nearly still, panning (mostly sideways, from gentle to strong) or zooming, with a little roll."""
     style = rng.choice(["still", "pan", "zoom"], p=[0.25, 0.5, 0.25])
     if style == "still":
-        return CameraMove(tuple(rng.normal(0, 0.003 * width, 2)), math.exp(rng.normal(0, 0.005)), 0.0)
+        return still_camera(rng, width)
     if style == "pan":
-        heading = rng.choice([0.0, math.pi]) if rng.random() < 0.75 else rng.choice([-math.pi / 2, math.pi / 2])
-        heading += rng.normal(0, 0.2)
-        travel = rng.uniform(0.04, 0.35) * width
-        return CameraMove((travel * math.cos(heading), travel * math.sin(heading)),
-                          math.exp(rng.uniform(-0.04, 0.04)), rng.normal(0, 0.01))
+        return panning_camera(rng, width, (0.04, 0.35), sideways_odds=0.75, heading_spread=0.2)
     zoom = math.exp(rng.choice([-1, 1]) * rng.uniform(0.12, 0.35))
     return CameraMove(tuple(rng.normal(0, 0.02 * width, 2)), zoom, rng.normal(0, 0.02))
 
@@ -215,6 +245,13 @@ def footprint(camera: np.ndarray, width: int, height: int) -> tuple[float, float
     seen = np.linalg.inv(camera) @ corners  # [T, 3, 4]
     xs, ys = seen[:, 0] / seen[:, 2], seen[:, 1] / seen[:, 2]
     return xs.min(), ys.min(), xs.max(), ys.max()
+
+
+def canvas_layout(camera: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int, int]:
+    """Origin (frame-0 pixel of canvas pixel 0, 0), width and height of a canvas covering the footprint."""
+    x0, y0, x1, y1 = footprint(camera, width, height)
+    origin = np.floor([x0, y0]) - 1
+    return origin, math.ceil(x1 - origin[0]) + 2, math.ceil(y1 - origin[1]) + 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,11 +276,21 @@ class Sprite:
     wobble: np.ndarray  # [3, len(HARMONICS)] amplitude, phase and speed (radians per unit u) per harmonic
     feather: float  # width of the soft edge, pixels
     leaves_frame: bool
+    enters_from: str | None = None  # the edge ("left", "top", ...) it enters by, when out of frame at first
+    bob: tuple[float, float] = (0.0, 0.0)  # a gait's rise in pixels and its steps per unit u
 
     def pose(self, u):
         """Centre, half height and angle at time(s) u."""
         (h0, h1), (a0, a1) = self.half_heights, self.angles
-        return bezier(self.path, u), h0 * (h1 / h0) ** u, a0 + (a1 - a0) * u
+        rise, steps = self.bob
+        centre = bezier(self.path, u) - np.multiply.outer(rise * np.abs(np.sin(math.pi * steps * np.asarray(u))),
+                                                           [0.0, 1.0])
+        return centre, h0 * (h1 / h0) ** u, a0 + (a1 - a0) * u
+
+    def reach(self, half_height) -> float:
+        """How far from its centre, in pixels, the sprite's matte can extend at this half height."""
+        superellipse_corner = math.sqrt(2)
+        return half_height * max(self.aspect, 1.0) * superellipse_corner * (1 + self.wobble[0].sum()) + self.feather + 1
 
     def frame_to_local(self, u: float) -> np.ndarray:
         """3x3 map from frame pixels to the sprite's own coordinates."""
@@ -290,9 +337,7 @@ class Sprite:
     def bounds(self, times: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
         """Pixel box (x0, y0, x1, y1), clipped to the frame, holding the sprite at all `times`."""
         centres, half_heights, _ = self.pose(times)
-        superellipse_corner = math.sqrt(2)
-        reach = (half_heights.max() * max(self.aspect, 1.0) * superellipse_corner * (1 + self.wobble[0].sum())
-                 + self.feather + 1)
+        reach = self.reach(half_heights.max())
         x0, y0 = np.floor(centres.min(axis=0) - reach).astype(int)
         x1, y1 = np.ceil(centres.max(axis=0) + reach).astype(int) + 1
         return max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
@@ -338,11 +383,12 @@ def sample_path(rng: np.random.Generator, width: int, height: int, half_extent: 
     return path, leaves
 
 
-def sample_sprite(rng: np.random.Generator, photo: Photo, width: int, height: int, seconds: float) -> Sprite:
-    """A salient cut-out (about 12-30% of the frame height across) with its own motion and wobble."""
+def sample_sprite(rng: np.random.Generator, photo: Photo, width: int, height: int, seconds: float,
+                  sizes: tuple[float, float] = SPRITE_SIZES) -> Sprite:
+    """A salient cut-out (`sizes` of the frame height across) with its own motion and wobble."""
     pixels = photo_pixels(photo)
     aspect = pixels.shape[1] / pixels.shape[0] * rng.uniform(0.85, 1.15)
-    size = rng.uniform(0.12, 0.30) * height  # side of a square with the sprite's area
+    size = rng.uniform(*sizes) * height  # side of a square with the sprite's area
     half_height = min(size / (2 * math.sqrt(aspect)), 0.3 * height)
     half_heights = (half_height, half_height * math.exp(rng.uniform(-0.35, 0.35)))
     path, leaves = sample_path(rng, width, height, half_heights[1] * min(aspect, 1.0))
@@ -377,12 +423,65 @@ def clearance(sprites: list[Sprite]) -> float:
     return min(gaps, default=math.inf)
 
 
-def place_sprites(rng: np.random.Generator, photos: list[Photo], width: int, height: int,
-                  seconds: float) -> list[Sprite]:
-    """Sprites that keep apart: draw several layouts and keep the first clear one (else the clearest)."""
+def track(rng: np.random.Generator, sprite: Sprite, width: int, height: int, seconds: float) -> Sprite:
+    """Hold the sprite near its start on screen, bobbing as if walking: the camera follows it."""
+    start = sprite.path[0]
+    drift = rng.uniform(-0.025, 0.025, 2) * width
+    rise, steps_per_second = rng.uniform(0.01, 0.03) * height, rng.uniform(1.5, 3.0)
+    return replace(sprite, path=start + np.outer(np.linspace(0, 1, 4), drift), leaves_frame=False,
+                   bob=(rise, steps_per_second * seconds))
+
+
+def hold_still(rng: np.random.Generator, sprite: Sprite, width: int, height: int, seconds: float) -> Sprite:
+    """Keep the sprite nearly fixed in frame, barely turning, scaling or wobbling."""
+    start, heading = sprite.path[0], rng.uniform(0, 2 * math.pi)
+    drift = rng.uniform(0, 0.008) * width * np.array([math.cos(heading), math.sin(heading)])
+    half_height, angle = sprite.half_heights[0], sprite.angles[0]
+    calm = sprite.wobble.copy()
+    calm[0] *= 0.3
+    return replace(sprite, path=start + np.outer(np.linspace(0, 1, 4), drift), leaves_frame=False,
+                   half_heights=(half_height, half_height * math.exp(rng.uniform(-0.03, 0.03))),
+                   angles=(angle, angle + rng.normal(0, 0.02)), wobble=calm)
+
+
+EDGES = {"left": (0, 0), "right": (0, 1), "top": (1, 0), "bottom": (1, 1)}  # axis, and whether the far side
+
+
+def enter_late(rng: np.random.Generator, sprite: Sprite, width: int, height: int, seconds: float) -> Sprite:
+    """Start the sprite out of frame past an edge, entering after 30-60% of the clip to stop inside.
+
+    The centre eases along a straight line (a Bezier with doubled end points is smoothstep), so
+    the moment its outline first touches the frame can be placed exactly.
+    """
+    size = np.array([width, height], dtype=np.float64)
+    end = rng.uniform([0.2, 0.25], [0.8, 0.75]) * size
+    edge = str(rng.choice(list(EDGES), p=[0.4, 0.4, 0.1, 0.1]))
+    axis, far_side = EDGES[edge]
+    touch = end.copy()  # where the centre is when the outline first touches the frame
+    touch[axis] = size[axis] + sprite.reach(max(sprite.half_heights)) if far_side         else -sprite.reach(max(sprite.half_heights))
+    touch[1 - axis] = np.clip(end[1 - axis] + rng.normal(0, 0.15) * size[1 - axis], 0.1 * size[1 - axis],
+                              0.9 * size[1 - axis])
+    reached = ease(rng.uniform(0.3, 0.6))  # share of the way travelled when it touches
+    start = (touch - reached * end) / (1 - reached)
+    return replace(sprite, path=np.stack([start, start, end, end]), leaves_frame=False, enters_from=edge)
+
+
+STAGINGS = {"tracking": track, "static": hold_still, "late": enter_late}  # hard modes that move the sprites
+
+
+def place_sprites(rng: np.random.Generator, photos: list[Photo], width: int, height: int, seconds: float,
+                  mode: str | None = None) -> list[Sprite]:
+    """Sprites that keep apart: draw several layouts and keep the first clear one (else the clearest).
+
+    A hard `mode` restages each sprite as drawn (and a static subject is drawn larger).
+    """
+    sizes = STATIC_SIZES if mode == "static" else SPRITE_SIZES
+    restage = STAGINGS.get(mode)
     best, best_gap = [], -math.inf
     for _ in range(PLACEMENT_TRIES):
-        sprites = [sample_sprite(rng, photo, width, height, seconds) for photo in photos]
+        sprites = [sample_sprite(rng, photo, width, height, seconds, sizes) for photo in photos]
+        if restage is not None:
+            sprites = [restage(rng, sprite, width, height, seconds) for sprite in sprites]
         gap = clearance(sprites)
         if gap > best_gap:
             best, best_gap = sprites, gap
@@ -425,13 +524,11 @@ def expose(sprite: Sprite, fill: np.ndarray, u: float, spread: float) -> tuple[n
 def backdrop_canvas(rng: np.random.Generator, photo: Photo, camera: np.ndarray, width: int,
                     height: int) -> tuple[np.ndarray, np.ndarray]:
     """The photo laid out in frame-0 pixels over all the camera will see; returns it and its origin."""
-    x0, y0, x1, y1 = footprint(camera, width, height)
-    origin = np.floor([x0, y0]) - 1
-    canvas = cover(photo, math.ceil(x1 - origin[0]) + 2, math.ceil(y1 - origin[1]) + 2, rng)
-    return canvas, origin
+    origin, canvas_width, canvas_height = canvas_layout(camera, width, height)
+    return cover(photo, canvas_width, canvas_height, rng), origin
 
 
-def add_occluder(rng: np.random.Generator, kind: OccluderKind, canvas: np.ndarray, origin: np.ndarray,
+def add_occluder(rng: np.random.Generator, kind: StripKind, canvas: np.ndarray, origin: np.ndarray,
                  sprite: Sprite, camera: np.ndarray, feather: float) -> np.ndarray:
     """Paint a near-vertical strip into the canvas where `sprite` passes behind it; return its matte.
 
@@ -444,7 +541,17 @@ def add_occluder(rng: np.random.Generator, kind: OccluderKind, canvas: np.ndarra
     x, y, w = np.linalg.inv(camera[frame]) @ [*centre, 1.0]
     x, y = x / w - origin[0] + rng.uniform(-0.6, 0.6) * half_width, y / w - origin[1]
     strip = max(1.5, rng.uniform(0.2, 0.45) * half_width)  # half width of the strip
-    tilt = rng.normal(0, 0.08)
+    return paint_strip(rng, kind, canvas, (x, y), strip, rng.normal(0, 0.08), feather)
+
+
+def paint_strip(rng: np.random.Generator, kind: StripKind, canvas: np.ndarray, centre: tuple[float, float],
+                strip: float, tilt: float, feather: float) -> np.ndarray:
+    """Paint a strip `strip` pixels either side of a line through `centre` into the canvas; return its matte.
+
+    `tilt` turns the line from vertical (a post) towards horizontal (a bank of ground at pi / 2);
+    the strip is shaded like a lit cylinder so it reads as a solid object, not a stripe.
+    """
+    x, y = centre
     ys, xs = np.mgrid[: canvas.shape[0], : canvas.shape[1]].astype(np.float32)
     across = (xs - x) * math.cos(tilt) - (ys - y) * math.sin(tilt)
     along = (xs - x) * math.sin(tilt) + (ys - y) * math.cos(tilt)
@@ -452,11 +559,36 @@ def add_occluder(rng: np.random.Generator, kind: OccluderKind, canvas: np.ndarra
     reach = strip * (1 + kind.raggedness * (0.6 * np.sin(along / (0.8 * strip) + phases[0])
                                             + 0.4 * np.sin(along / (0.3 * strip) + phases[1])))
     matte = np.clip((reach - np.abs(across)) / feather + 0.5, 0, 1)
-    # Darker towards the sides, as a lit cylinder: reads as a solid object, not a stripe.
     shade = 0.55 + 0.45 * np.sqrt(np.clip(1 - (across / reach) ** 2, 0, 1))
     texture = cover(kind.texture, canvas.shape[1], canvas.shape[0], rng)
     canvas += matte[..., None] * (texture * shade[..., None] - canvas)
     return matte
+
+
+@dataclass
+class NearPlane:
+    """Background nearer than the backdrop: as the camera pans it slides further, so it has its own camera."""
+
+    premultiplied: np.ndarray  # [h, w, 4] float32: colour times coverage, then coverage (one warp per frame)
+    origin: np.ndarray  # frame-0 pixel (of this plane's camera) of canvas pixel (0, 0)
+    camera: np.ndarray  # [T, 3, 3] from this plane's frame-0 pixels to frame-t pixels
+
+
+def ground_plane(rng: np.random.Generator, kind: StripKind, move: CameraMove, num_frames: int, width: int,
+                 height: int, feather: float) -> NearPlane:
+    """A band of `kind` across the bottom of the frame, moving 1.5-3x as far as the backdrop as the camera pans.
+
+    A plane at 1/k of the backdrop's depth moves k times as far in the image under a camera
+    translation, while zoom and roll act on both alike: the same move with k times the pan.
+    """
+    speedup = rng.uniform(*NEAR_PLANE_SPEEDUPS)
+    camera = replace(move, pan=(speedup * move.pan[0], speedup * move.pan[1])).homographies(num_frames, width, height)
+    origin, canvas_width, canvas_height = canvas_layout(camera, width, height)
+    colour = np.zeros((canvas_height, canvas_width, 3), np.float32)
+    band_top = rng.uniform(0.6, 0.8) * height - origin[1]
+    bottom = canvas_height - 1
+    matte = paint_strip(rng, kind, colour, (0.0, bottom), bottom - band_top, math.pi / 2, feather)
+    return NearPlane(premultiplied=np.dstack([colour, matte]), origin=origin, camera=camera)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,11 +599,18 @@ def join_and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def describe_motion(rng: np.random.Generator, sprite: Sprite, width: int) -> str:
-    """E.g. "a coffee cup drifting slowly to the left while growing"."""
-    shift = sprite.path[3] - sprite.path[0]
+def describe_motion(rng: np.random.Generator, sprite: Sprite, width: int,
+                    camera_pan: tuple[float, float] = (0.0, 0.0)) -> str:
+    """E.g. "a coffee cup drifting slowly to the left while growing".
+
+    `camera_pan` is that of a camera following the sprite: the sprite's motion in the world,
+    which the caption tells, is then its motion on screen plus the pan.
+    """
+    shift = sprite.path[3] - sprite.path[0] + camera_pan
     travel = np.hypot(*shift) / width
-    if travel < 0.06:
+    if sprite.enters_from:
+        motion = f"entering from the {sprite.enters_from} partway through"
+    elif travel < 0.06:
         motion = str(rng.choice(["hovering in place", "wobbling in place", "bobbing gently"]))
     else:
         verb = rng.choice(["moving", "drifting", "sliding", "gliding"])
@@ -482,11 +621,13 @@ def describe_motion(rng: np.random.Generator, sprite: Sprite, width: int) -> str
     changes = ["growing"] if growth > 1.25 else ["shrinking"] if growth < 0.8 else []
     if abs(sprite.angles[1] - sprite.angles[0]) > 1.0:
         changes.append("spinning")
+    if sprite.bob[0] > 0:
+        changes.append("bobbing up and down")
     return f"{sprite.name} {motion}" + (" while " + " and ".join(changes) if changes else "")
 
 
-def describe_camera(rng: np.random.Generator, move: CameraMove, width: int) -> str:
-    """E.g. "the camera slowly panning right and zooming in"."""
+def describe_camera(rng: np.random.Generator, move: CameraMove, width: int, subject: str | None = None) -> str:
+    """E.g. "the camera slowly panning right and zooming in", or "the camera following a rocket, ..."."""
     moves = []
     travel = math.hypot(*move.pan) / width
     if travel > 0.03:
@@ -500,15 +641,20 @@ def describe_camera(rng: np.random.Generator, move: CameraMove, width: int) -> s
         moves.append("zooming in" if move.zoom > 1 else "zooming out")
     if not moves:
         return str(rng.choice(["the camera holding still", "the camera static", "the camera barely moving"]))
-    return "the camera " + " and ".join(moves)
+    return "the camera " + (f"following {subject}, " if subject else "") + " and ".join(moves)
 
 
-def write_captions(rng: np.random.Generator, backdrop: Photo, sprites: list[Sprite], occluder: OccluderKind | None,
-                   move: CameraMove, width: int) -> dict:
-    """Captions for the whole clip, each foreground layer and the background."""
-    foreground = [describe_motion(rng, sprite, width) for sprite in sprites]
-    setting = str(rng.choice(backdrop.names)) + (f" with {occluder.name} in the foreground" if occluder else "")
-    camera = describe_camera(rng, move, width)
+def write_captions(rng: np.random.Generator, backdrop: Photo, sprites: list[Sprite], occluder: StripKind | None,
+                   move: CameraMove, width: int, ground: StripKind | None = None, tracking: bool = False) -> dict:
+    """Captions for the whole clip, each foreground layer and the background.
+
+    `ground` is a near background plane; `tracking` says the camera follows the sprites.
+    """
+    camera_pan = move.pan if tracking else (0.0, 0.0)
+    foreground = [describe_motion(rng, sprite, width, camera_pan) for sprite in sprites]
+    setting = (str(rng.choice(backdrop.names)) + (f" seen across {ground.name}" if ground else "")
+               + (f" with {occluder.name} in the foreground" if occluder else ""))
+    camera = describe_camera(rng, move, width, sprites[0].name if tracking and sprites else None)
     background = f"{setting}, {camera}"
     if not sprites:
         return {"full": background, "foreground": [], "background": background}
@@ -542,10 +688,17 @@ def clip_length(width: int, height: int, fps: float, seconds: float) -> int:
     return num_frames
 
 
+def view(image: np.ndarray, canvas_to_frame: np.ndarray, width: int, height: int,
+         border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+    """A canvas as one frame sees it."""
+    return cv2.warpPerspective(image, canvas_to_frame, (width, height), flags=cv2.INTER_LINEAR, borderMode=border)
+
+
 def render_layers(sprites: list[Sprite], canvas: np.ndarray, origin: np.ndarray, occluder_matte: np.ndarray | None,
-                  camera: np.ndarray, width: int, height: int) -> tuple[np.ndarray, ...]:
-    """Frame by frame: the background through the camera, blurred sprites, visible mattes, composite."""
-    num_frames, size = len(camera), (width, height)
+                  camera: np.ndarray, width: int, height: int, near: NearPlane | None = None) -> tuple[np.ndarray, ...]:
+    """Frame by frame: the background through the camera (the near plane over it), blurred sprites,
+    visible mattes, composite."""
+    num_frames = len(camera)
     full = np.empty((num_frames, height, width, 3), np.uint8)
     background = np.empty_like(full)
     foregrounds = np.empty((len(sprites), *full.shape), np.uint8)
@@ -554,12 +707,15 @@ def render_layers(sprites: list[Sprite], canvas: np.ndarray, origin: np.ndarray,
     fills = [sprite.fill(width, height) for sprite in sprites]
     for t in range(num_frames):
         canvas_to_frame = camera[t] @ translation(origin)
-        background[t] = to_uint8(cv2.warpPerspective(canvas, canvas_to_frame, size, flags=cv2.INTER_LINEAR,
-                                                     borderMode=cv2.BORDER_REFLECT))
+        scenery = view(canvas, canvas_to_frame, width, height, cv2.BORDER_REFLECT)
+        if near is not None:
+            near_view = view(near.premultiplied, near.camera[t] @ translation(near.origin), width, height)
+            scenery = near_view[..., :3] + (1 - near_view[..., 3:]) * scenery
+        background[t] = to_uint8(scenery)
         # The share of each pixel not yet hidden by something nearer: the occluder, then the sprites in turn.
         uncovered = np.ones((height, width), np.float32)
         if occluder_matte is not None:
-            uncovered -= cv2.warpPerspective(occluder_matte, canvas_to_frame, size, flags=cv2.INTER_LINEAR)
+            uncovered -= view(occluder_matte, canvas_to_frame, width, height)
         for k, sprite in enumerate(sprites):
             alpha, colour = expose(sprite, fills[k], t / (num_frames - 1), spread)
             alphas[k, t] = quantise_alpha(alpha * uncovered)
@@ -569,35 +725,57 @@ def render_layers(sprites: list[Sprite], canvas: np.ndarray, origin: np.ndarray,
     return full, background, foregrounds, alphas
 
 
+def hard_camera(rng: np.random.Generator, mode: str, move: CameraMove, width: int) -> CameraMove:
+    """The camera a hard mode needs: a fast pan to track, a pan to show parallax, a tripod for a static subject."""
+    if mode == "tracking":
+        return panning_camera(rng, width, (0.5, 1.0), sideways_odds=1.0, heading_spread=0.02)
+    if mode == "parallax":
+        return panning_camera(rng, width, (0.15, 0.35), sideways_odds=1.0, heading_spread=0.02)
+    if mode == "static":
+        return still_camera(rng, width)
+    return move
+
+
 def render_scene(seed: int, index: int = 0, *, width: int = 854, height: int = 480, fps: float = 24.0,
-                 seconds: float = 4.0, num_foregrounds: int | None = None) -> Scene:
+                 seconds: float = 4.0, num_foregrounds: int | None = None, hard: bool = False) -> Scene:
     """Render clip `index` of the set made with `seed`; the same arguments give bit-identical arrays.
 
     `num_foregrounds` fixes the number of layers; by default it is mostly 1, sometimes 2, rarely 3.
+    `hard` stages HARD_MODES[index % 4] on the clip that is otherwise drawn as the normal one
+    (same backdrop and cut-outs), keyed synth-hard-SEED-INDEX.
     """
     num_frames = clip_length(width, height, fps, seconds)
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, got seed={seed} index={index}")
     if num_foregrounds is not None and not 0 <= num_foregrounds <= MAX_FOREGROUNDS:
         raise ValueError(f"num_foregrounds must be between 0 and {MAX_FOREGROUNDS}, got {num_foregrounds}")
+    mode = HARD_MODES[index % len(HARD_MODES)] if hard else None
     rng = np.random.default_rng([seed, index])
     # Drawn even when the count is fixed, so fixing it keeps the clip's backdrop, pictures and camera.
     drawn = int(rng.choice(FOREGROUND_COUNTS, p=FOREGROUND_ODDS))
     backdrop = BACKDROPS[rng.integers(len(BACKDROPS))]
     photos = pick_cutouts(rng, drawn if num_foregrounds is None else num_foregrounds, backdrop)
     move = sample_camera(rng, width)
+    if mode:
+        move = hard_camera(rng, mode, move, width)
     camera = move.homographies(num_frames, width, height)
-    sprites = place_sprites(rng, photos, width, height, (num_frames - 1) / fps)
+    sprites = place_sprites(rng, photos, width, height, (num_frames - 1) / fps, mode)
     canvas, origin = backdrop_canvas(rng, backdrop, camera, width, height)
+    ground, near = None, None
+    if mode == "parallax" or (mode == "tracking" and rng.random() < TRACKING_PARALLAX_CHANCE):
+        grounds = [kind for kind in GROUNDS if kind.texture.source != backdrop.source]
+        ground = grounds[rng.integers(len(grounds))]
+        near = ground_plane(rng, ground, move, num_frames, width, height, soft_edge(rng, height))
     occluder, occluder_matte = None, None
     if sprites and rng.random() < OCCLUDER_CHANCE:
         occluder = OCCLUDERS[rng.integers(len(OCCLUDERS))]
         occluder_matte = add_occluder(rng, occluder, canvas, origin, sprites[0], camera, soft_edge(rng, height))
-    captions = write_captions(rng, backdrop, sprites, occluder, move, width)
+    captions = write_captions(rng, backdrop, sprites, occluder, move, width, ground, tracking=mode == "tracking")
     full, background, foregrounds, alphas = render_layers(sprites, canvas, origin, occluder_matte, camera,
-                                                          width, height)
-    return Scene(key=f"synth-{seed:04d}-{index:04d}", fps=fps, full=full, background=background,
-                 foregrounds=foregrounds, alphas=alphas, captions=captions, camera=camera)
+                                                          width, height, near)
+    return Scene(key=f"synth-{'hard-' if hard else ''}{seed:04d}-{index:04d}", fps=fps, full=full,
+                 background=background, foregrounds=foregrounds, alphas=alphas, captions=captions, camera=camera,
+                 hard=mode, near_camera=None if near is None else near.camera)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,6 +804,10 @@ def save_ground_truth(scene: Scene, folder: str | Path) -> None:
     num_frames, height, width = scene.full.shape[:3]
     layers = {"key": scene.key, "fps": scene.fps, "width": width, "height": height, "num_frames": num_frames,
               "num_foregrounds": len(scene.alphas), "captions": scene.captions, "camera": scene.camera.tolist()}
+    if scene.hard:
+        layers["hard"] = scene.hard
+    if scene.near_camera is not None:
+        layers["near_camera"] = scene.near_camera.tolist()
     (temporary / "layers.json").write_text(json.dumps(layers, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(temporary, folder)
@@ -643,7 +825,8 @@ def load_ground_truth(folder: str | Path) -> Scene:
         else np.empty((0, *full.shape[:3]), np.uint8)
     return Scene(key=layers["key"], fps=layers["fps"], full=full, background=decode_video(folder / "background.mp4"),
                  foregrounds=foregrounds, alphas=alphas.astype(np.float32) / 255, captions=layers["captions"],
-                 camera=np.array(layers["camera"], dtype=np.float64))
+                 camera=np.array(layers["camera"], dtype=np.float64), hard=layers.get("hard"),
+                 near_camera=np.array(layers["near_camera"], dtype=np.float64) if "near_camera" in layers else None)
 
 
 def save_raw(scene: Scene, folder: Path, caption_format: str) -> None:
@@ -661,11 +844,11 @@ def save_raw(scene: Scene, folder: Path, caption_format: str) -> None:
 
 
 def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, width: int = 854, height: int = 480, fps: float = 24.0,
-               seconds: float = 4.0, progress: bool = True) -> list[str]:
+               seconds: float = 4.0, progress: bool = True, hard: bool = False) -> list[str]:
     """Write `n` clips to OUT/raw (mp4 + captions) and their true layers to OUT/gt/KEY; return the keys.
 
     Even clips get a json sidecar with layer captions, odd ones only a txt caption, so both input
-    forms (given and derived layer captions) are exercised.
+    forms (given and derived layer captions) are exercised. `hard` makes hard clips (see `render_scene`).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -682,7 +865,7 @@ def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, width: int = 854, 
     with bar:
         task = bar.add_task("clips", total=n)
         for index in range(n):
-            scene = render_scene(seed, index, width=width, height=height, fps=fps, seconds=seconds)
+            scene = render_scene(seed, index, width=width, height=height, fps=fps, seconds=seconds, hard=hard)
             save_ground_truth(scene, ground_truth / scene.key)
             save_raw(scene, raw, "json" if index % 2 == 0 else "txt")
             keys.append(scene.key)

@@ -47,6 +47,17 @@ def test_synth_writes_clips_and_ground_truth(tmp_path):
     assert run("synth", tmp_path / "t", "--width", 95).exit_code == 2
 
 
+def test_synth_hard_writes_the_mode_into_each_clip(tmp_path):
+    result = run("synth", tmp_path / "s", "--n", 4, "--seed", 3, "--hard", "--width", 96, "--height", 64,
+                 "--seconds", 0.5)
+    assert result.exit_code == 0, result.output
+    modes = {path.name: json.loads((path / "layers.json").read_text())["hard"]
+             for path in (tmp_path / "s" / "gt").iterdir()}
+    assert modes == {"synth-hard-0003-0000": "tracking", "synth-hard-0003-0001": "parallax",
+                     "synth-hard-0003-0002": "static", "synth-hard-0003-0003": "late"}
+    assert run("synth", tmp_path / "t", "--toy", "--hard").exit_code == 2
+
+
 def first_shard(inline_build):
     return sorted((inline_build[0] / "shards").glob("*.tar"))[0]
 

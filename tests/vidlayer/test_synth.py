@@ -46,8 +46,14 @@ def test_shapes_and_types(scenes):
         assert len(scene.captions["foreground"]) == k and scene.fps == 24.0
 
 
-def test_full_is_the_over_composite_of_the_layers(scenes):
-    for scene in scenes:
+@pytest.fixture(scope="module")
+def hard_scenes():
+    """One clip per hard mode (index 4 is a tracking clip that also has a near plane at this seed)."""
+    return [render_scene(7, index, hard=True, **SIZE) for index in range(5)]
+
+
+def test_full_is_the_over_composite_of_the_layers(scenes, hard_scenes):
+    for scene in scenes + hard_scenes:
         error = np.abs(over(scene.foregrounds, scene.alphas, scene.background) - scene.full)
         assert error.mean() < 0.3 and error.max() <= 0.5 + 1e-3
 
@@ -178,3 +184,114 @@ def test_synthesize_writes_raw_clips_captions_and_ground_truth(tmp_path):
         assert np.array_equal(truth.foregrounds, scene.foregrounds)
         assert np.array_equal(truth.alphas, scene.alphas)
         assert np.allclose(truth.camera, scene.camera)
+
+
+def test_normal_clips_keep_their_random_draws():
+    """Pinned captions and camera of normal clips: hard mode must not disturb the normal path's draws."""
+    scene = render_scene(7, 0, **SIZE)
+    assert scene.captions["full"] == PINNED_CAPTION and scene.key == "synth-0007-0000" and scene.hard is None
+    assert np.allclose(scene.camera[-1], PINNED_CAMERA, atol=1e-6)
+    assert scene.near_camera is None
+    assert np.array_equal(render_scene(7, 0, hard=False, **SIZE).full, scene.full)
+
+
+PINNED_CAPTION = ("a cup of espresso drifting quickly to the right until partly out of frame and a stained cell cluster "
+                  "moving up and to the right while shrinking and spinning against a cluttered garage, "
+                  "the camera panning left")
+PINNED_CAMERA = [[1.040425, 0.004761, 31.780493], [-0.004761, 1.040425, -1.908927], [0.0, 0.0, 1.0]]
+
+
+def test_hard_modes_cycle_by_index_and_are_keyed_apart(hard_scenes):
+    assert [scene.hard for scene in hard_scenes] == ["tracking", "parallax", "static", "late", "tracking"]
+    assert [scene.key for scene in hard_scenes] == [f"synth-hard-0007-{i:04d}" for i in range(5)]
+    again = render_scene(7, 1, hard=True, **SIZE)
+    for name in ("full", "background", "foregrounds", "alphas", "camera", "near_camera"):
+        assert np.array_equal(getattr(again, name), getattr(hard_scenes[1], name)), name
+    assert again.captions == hard_scenes[1].captions
+    assert not np.array_equal(again.full, render_scene(7, 1, **SIZE).full)
+
+
+def screen_travel(points):
+    """Largest distance of a [T, 2] path from its start."""
+    return np.linalg.norm(points - points[0], axis=1).max()
+
+
+def camera_travel(camera, width, height):
+    """How far the frame-0 centre moves across the image by the last frame."""
+    x, y, w = camera[-1] @ [(width - 1) / 2, (height - 1) / 2, 1.0]
+    return np.hypot(x / w - (width - 1) / 2, y / w - (height - 1) / 2)
+
+
+def warp_error(scene, homographies, rows, start, end):
+    """Mean error of predicting background rows of frame `end` by warping frame `start` with the given cameras."""
+    first, last = scene.background[start], scene.background[end].astype(float)
+    height, width = first.shape[:2]
+    step = homographies[end] @ np.linalg.inv(homographies[start])
+    predicted = cv2.warpPerspective(first, step, (width, height), flags=cv2.INTER_LINEAR).astype(float)
+    inside = cv2.warpPerspective(np.ones((height, width), np.uint8), step, (width, height)) > 0
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    inside[np.setdiff1d(np.arange(height), np.arange(height)[rows])] = False
+    assert inside.sum() > 100
+    return np.abs(predicted - last)[inside].mean()
+
+
+STILL = np.eye(3)[None].repeat(24, axis=0)
+
+
+def test_tracking_keeps_the_subject_in_place_while_the_background_slides(hard_scenes):
+    for scene in (hard_scenes[0], hard_scenes[4]):
+        width = scene.full.shape[2]
+        for alpha in scene.alphas:
+            assert screen_travel(np.array([centroid(a) for a in alpha])) < 0.06 * width
+        assert camera_travel(scene.camera, width, scene.full.shape[1]) > 0.4 * width
+        top = slice(0, scene.full.shape[1] // 3)
+        followed, held = warp_error(scene, scene.camera, top, 10, 13), warp_error(scene, STILL, top, 10, 13)
+        assert followed < 8 and followed < 0.5 * held, "the background pixels slide as the camera says"
+        assert "the camera following" in scene.captions["full"] and "bobbing" in scene.captions["full"]
+
+
+def test_parallax_puts_a_faster_near_plane_into_the_background(hard_scenes):
+    scene = hard_scenes[1]
+    height, width = scene.full.shape[1:3]
+    far, near = camera_travel(scene.camera, width, height), camera_travel(scene.near_camera, width, height)
+    assert far > 0.1 * width and 1.5 <= near / far <= 3.0
+    bottom, top = slice(height - height // 8, height), slice(0, height // 3)
+    # Measured on the background layer: its bottom band follows the near camera, its top the far one.
+    assert warp_error(scene, scene.near_camera, bottom, 10, 12) < 0.5 * warp_error(scene, scene.camera, bottom, 10, 12)
+    assert warp_error(scene, scene.camera, top, 10, 12) < 0.5 * warp_error(scene, scene.near_camera, top, 10, 12)
+    assert len(scene.alphas) == len(scene.captions["foreground"])
+    assert scene.alphas[:, :, bottom].mean() < 0.3, "the near plane is no foreground layer"
+    assert " seen across " in scene.captions["background"]
+
+
+def test_static_subject_hides_background_that_no_frame_shows(hard_scenes):
+    scene = hard_scenes[2]
+    width = scene.full.shape[2]
+    assert camera_travel(scene.camera, width, scene.full.shape[1]) < 0.01 * width
+    for alpha in scene.alphas:
+        assert screen_travel(np.array([centroid(a) for a in alpha])) < 0.01 * width
+        ever, always = (alpha > 0).any(axis=0), (alpha > 0.99).all(axis=0)
+        assert always.sum() > 0.7 * ever.sum() and always.mean() > 0.02
+
+
+def test_late_subject_is_out_of_frame_then_enters(hard_scenes):
+    scene = hard_scenes[3]
+    for alpha, caption in zip(scene.alphas, scene.captions["foreground"]):
+        present = alpha.reshape(len(alpha), -1).max(axis=1) > 0
+        first = np.argmax(present)
+        assert 0.3 * len(alpha) <= first <= 0.75 * len(alpha) and present[first:].all()
+        assert "entering from the" in caption
+
+
+def test_synthesize_hard_records_the_mode(tmp_path):
+    keys = synthesize(tmp_path, 2, seed=7, progress=False, hard=True, **SIZE)
+    assert keys == ["synth-hard-0007-0000", "synth-hard-0007-0001"]
+    for key, mode in zip(keys, ("tracking", "parallax")):
+        layers = json.loads((tmp_path / "gt" / key / "layers.json").read_text())
+        assert layers["hard"] == mode
+        truth = load_ground_truth(tmp_path / "gt" / key)
+        assert truth.hard == mode and truth.key == key
+    truth = load_ground_truth(tmp_path / "gt" / keys[1])
+    assert np.allclose(truth.near_camera, render_scene(7, 1, hard=True, **SIZE).near_camera)
+    plain = json.loads((tmp_path / "gt" / keys[0] / "layers.json").read_text())
+    assert "near_camera" not in plain
