@@ -43,8 +43,9 @@ def synth(
     size: Annotated[int, typer.Option(help="With --toy: frame width and height (even).")] = 64,
     shard_size: Annotated[int, typer.Option(help="With --toy: samples per shard.")] = 500,
     hard: Annotated[bool, typer.Option("--hard", help="Hard clips, cycling through a camera tracking the subject, "
-                                                      "a near background plane with parallax, a near-static subject "
-                                                      "and a subject entering late (keys synth-hard-SEED-INDEX).")] = False,
+                                                      "a near background plane with parallax, a near-static "
+                                                      "subject and a subject entering late "
+                                                      "(keys synth-hard-SEED-INDEX).")] = False,
 ) -> None:
     """Make synthetic raw clips from real photographs, with their ground-truth layers kept beside them.
 

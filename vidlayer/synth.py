@@ -1,12 +1,14 @@
 """Synthetic layered clips with exact ground truth, made from real photographs.
 
 A clip is a photo backdrop seen through a moving camera, with photo cut-outs moving in front
-of it. Hard clips (`hard=True`) stage what defeats flow-and-homography layering on real footage:
-a camera tracking its subject, a nearer background plane with parallax, a near-static subject
-hiding background that no frame shows, and a subject that enters late. Everything a layered-video pipeline should recover is kept: the clean background, each
+of it. Everything a layered-video pipeline should recover is kept: the clean background, each
 layer's straight colour and visible alpha, the captions and the camera motion. `full` is by
 construction the over-composite of those layers, so a pipeline that recovers the layers
 exactly reproduces the video exactly, and any error is the pipeline's own.
+
+Hard clips (`hard=True`) stage what defeats flow-and-homography layering on real footage, so
+that tuning on them transfers: a camera tracking its subject, a nearer background plane with
+parallax, a near-static subject hiding background that no frame shows, and a late entrance.
 
 The pictures are the samples shipped inside scikit-image, so nothing is downloaded.
 """
@@ -290,7 +292,8 @@ class Sprite:
     def reach(self, half_height) -> float:
         """How far from its centre, in pixels, the sprite's matte can extend at this half height."""
         superellipse_corner = math.sqrt(2)
-        return half_height * max(self.aspect, 1.0) * superellipse_corner * (1 + self.wobble[0].sum()) + self.feather + 1
+        return (half_height * max(self.aspect, 1.0) * superellipse_corner * (1 + self.wobble[0].sum())
+                + self.feather + 1)
 
     def frame_to_local(self, u: float) -> np.ndarray:
         """3x3 map from frame pixels to the sprite's own coordinates."""
@@ -457,8 +460,9 @@ def enter_late(rng: np.random.Generator, sprite: Sprite, width: int, height: int
     end = rng.uniform([0.2, 0.25], [0.8, 0.75]) * size
     edge = str(rng.choice(list(EDGES), p=[0.4, 0.4, 0.1, 0.1]))
     axis, far_side = EDGES[edge]
+    reach = sprite.reach(max(sprite.half_heights))
     touch = end.copy()  # where the centre is when the outline first touches the frame
-    touch[axis] = size[axis] + sprite.reach(max(sprite.half_heights)) if far_side         else -sprite.reach(max(sprite.half_heights))
+    touch[axis] = size[axis] + reach if far_side else -reach
     touch[1 - axis] = np.clip(end[1 - axis] + rng.normal(0, 0.15) * size[1 - axis], 0.1 * size[1 - axis],
                               0.9 * size[1 - axis])
     reached = ease(rng.uniform(0.3, 0.6))  # share of the way travelled when it touches
@@ -529,13 +533,15 @@ def backdrop_canvas(rng: np.random.Generator, photo: Photo, camera: np.ndarray, 
 
 
 def add_occluder(rng: np.random.Generator, kind: StripKind, canvas: np.ndarray, origin: np.ndarray,
-                 sprite: Sprite, camera: np.ndarray, feather: float) -> np.ndarray:
+                 sprite: Sprite, camera: np.ndarray, feather: float,
+                 moments: tuple[float, float] = (0.3, 0.7)) -> np.ndarray:
     """Paint a near-vertical strip into the canvas where `sprite` passes behind it; return its matte.
 
     The strip is part of the background (it moves with the camera) yet in front of the sprite,
     so it cuts into the sprite's visible matte: a partial occlusion the pipeline must handle.
+    It stands where the sprite is at a moment drawn from `moments` (fractions of the clip).
     """
-    frame = round(rng.uniform(0.3, 0.7) * (len(camera) - 1))
+    frame = round(rng.uniform(*moments) * (len(camera) - 1))
     centre, half_height, _ = sprite.pose(frame / (len(camera) - 1))
     half_width = half_height * sprite.aspect
     x, y, w = np.linalg.inv(camera[frame]) @ [*centre, 1.0]
@@ -582,7 +588,8 @@ def ground_plane(rng: np.random.Generator, kind: StripKind, move: CameraMove, nu
     translation, while zoom and roll act on both alike: the same move with k times the pan.
     """
     speedup = rng.uniform(*NEAR_PLANE_SPEEDUPS)
-    camera = replace(move, pan=(speedup * move.pan[0], speedup * move.pan[1])).homographies(num_frames, width, height)
+    nearer = replace(move, pan=(speedup * move.pan[0], speedup * move.pan[1]))
+    camera = nearer.homographies(num_frames, width, height)
     origin, canvas_width, canvas_height = canvas_layout(camera, width, height)
     colour = np.zeros((canvas_height, canvas_width, 3), np.float32)
     band_top = rng.uniform(0.6, 0.8) * height - origin[1]
@@ -695,7 +702,8 @@ def view(image: np.ndarray, canvas_to_frame: np.ndarray, width: int, height: int
 
 
 def render_layers(sprites: list[Sprite], canvas: np.ndarray, origin: np.ndarray, occluder_matte: np.ndarray | None,
-                  camera: np.ndarray, width: int, height: int, near: NearPlane | None = None) -> tuple[np.ndarray, ...]:
+                  camera: np.ndarray, width: int, height: int,
+                  near: NearPlane | None = None) -> tuple[np.ndarray, ...]:
     """Frame by frame: the background through the camera (the near plane over it), blurred sprites,
     visible mattes, composite."""
     num_frames = len(camera)
@@ -769,7 +777,10 @@ def render_scene(seed: int, index: int = 0, *, width: int = 854, height: int = 4
     occluder, occluder_matte = None, None
     if sprites and rng.random() < OCCLUDER_CHANCE:
         occluder = OCCLUDERS[rng.integers(len(OCCLUDERS))]
-        occluder_matte = add_occluder(rng, occluder, canvas, origin, sprites[0], camera, soft_edge(rng, height))
+        # A late sprite is in frame only near the end: the strip stands where it is seen.
+        moments = (0.8, 1.0) if mode == "late" else (0.3, 0.7)
+        occluder_matte = add_occluder(rng, occluder, canvas, origin, sprites[0], camera, soft_edge(rng, height),
+                                      moments)
     captions = write_captions(rng, backdrop, sprites, occluder, move, width, ground, tracking=mode == "tracking")
     full, background, foregrounds, alphas = render_layers(sprites, canvas, origin, occluder_matte, camera,
                                                           width, height, near)
@@ -826,7 +837,8 @@ def load_ground_truth(folder: str | Path) -> Scene:
     return Scene(key=layers["key"], fps=layers["fps"], full=full, background=decode_video(folder / "background.mp4"),
                  foregrounds=foregrounds, alphas=alphas.astype(np.float32) / 255, captions=layers["captions"],
                  camera=np.array(layers["camera"], dtype=np.float64), hard=layers.get("hard"),
-                 near_camera=np.array(layers["near_camera"], dtype=np.float64) if "near_camera" in layers else None)
+                 near_camera=np.array(layers["near_camera"], dtype=np.float64) if "near_camera" in layers
+                 else None)
 
 
 def save_raw(scene: Scene, folder: Path, caption_format: str) -> None:

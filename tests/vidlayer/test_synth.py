@@ -87,26 +87,40 @@ def test_foregrounds_move(scenes):
             assert np.linalg.norm(path - path[0], axis=1).max() > 1.0
 
 
+STILL = np.eye(3)[None].repeat(24, axis=0)
+EVERY_ROW = slice(None)
+
+
+def warp_error(scene, homographies, rows, start, end):
+    """Mean error of predicting background rows of frame `end` by warping frame `start` with the given cameras."""
+    first, last = scene.background[start], scene.background[end].astype(float)
+    height, width = first.shape[:2]
+    step = homographies[end] @ np.linalg.inv(homographies[start])
+    predicted = cv2.warpPerspective(first, step, (width, height), flags=cv2.INTER_LINEAR).astype(float)
+    inside = cv2.warpPerspective(np.ones((height, width), np.uint8), step, (width, height)) > 0
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    selected = np.zeros(height, bool)
+    selected[rows] = True
+    inside &= selected[:, None]
+    assert inside.sum() > 0.3 * selected.sum() * width
+    return np.abs(predicted - last)[inside].mean()
+
+
 def test_ground_truth_camera_explains_the_background_motion(scenes):
     moving = [s for s in scenes if np.abs(s.camera[-1] - np.eye(3)).max() > 0.05]
     assert moving, "some clip in the set should move its camera"
     for scene in moving:
-        first, last = scene.background[0], scene.background[-1].astype(float)
-        height, width = first.shape[:2]
-        predicted = cv2.warpPerspective(first, scene.camera[-1], (width, height), flags=cv2.INTER_LINEAR).astype(float)
-        inside = cv2.warpPerspective(np.ones((height, width), np.uint8), scene.camera[-1], (width, height)) > 0
-        inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        assert inside.mean() > 0.3
-        warped_error = np.abs(predicted - last)[inside].mean()
-        still_error = np.abs(first.astype(float) - last)[inside].mean()
-        assert warped_error < 8 and warped_error < 0.5 * still_error
+        warped_error = warp_error(scene, scene.camera, EVERY_ROW, 0, -1)
+        assert warped_error < 8 and warped_error < 0.5 * warp_error(scene, STILL, EVERY_ROW, 0, -1)
 
 
-def test_an_occluder_in_the_background_cuts_into_the_foreground_matte(monkeypatch):
+# (0, 3, hard): a late entrance, in view only near the end, where a strip placed mid-clip would miss it.
+@pytest.mark.parametrize("seed, index, hard", [(3, 1, False), (0, 3, True)])
+def test_an_occluder_in_the_background_cuts_into_the_foreground_matte(monkeypatch, seed, index, hard):
     monkeypatch.setattr(synth, "OCCLUDER_CHANCE", 0.0)
-    clear = render_scene(3, 1, num_foregrounds=1, **SIZE)
+    clear = render_scene(seed, index, num_foregrounds=1, hard=hard, **SIZE)
     monkeypatch.setattr(synth, "OCCLUDER_CHANCE", 1.0)
-    occluded = render_scene(3, 1, num_foregrounds=1, **SIZE)
+    occluded = render_scene(seed, index, num_foregrounds=1, hard=hard, **SIZE)
     assert np.all(occluded.alphas <= clear.alphas + 1e-6)
     assert (clear.alphas - occluded.alphas).max() > 0.5
     assert not np.array_equal(clear.background, occluded.background)
@@ -119,8 +133,8 @@ def test_number_of_foregrounds_can_be_fixed():
     assert empty.alphas.shape[0] == 0 and np.array_equal(empty.full, empty.background)
 
 
-def test_captions_describe_every_layer(scenes):
-    for scene in scenes:
+def test_captions_describe_every_layer(scenes, hard_scenes):
+    for scene in scenes + hard_scenes:
         captions = scene.captions
         texts = [captions["full"], captions["background"], *captions["foreground"]]
         assert all(isinstance(text, str) and text for text in texts)
@@ -186,19 +200,19 @@ def test_synthesize_writes_raw_clips_captions_and_ground_truth(tmp_path):
         assert np.allclose(truth.camera, scene.camera)
 
 
-def test_normal_clips_keep_their_random_draws():
-    """Pinned captions and camera of normal clips: hard mode must not disturb the normal path's draws."""
-    scene = render_scene(7, 0, **SIZE)
+PINNED_CAPTION = ("a cup of espresso drifting quickly to the right until partly out of frame and a stained cell "
+                  "cluster moving up and to the right while shrinking and spinning against a cluttered garage, "
+                  "the camera panning left")
+PINNED_CAMERA = [[1.040425, 0.004761, 31.780493], [-0.004761, 1.040425, -1.908927], [0.0, 0.0, 1.0]]
+
+
+def test_normal_clips_keep_their_random_draws(scenes):
+    """Pinned captions and camera of a normal clip: hard mode must not disturb the normal path's draws."""
+    scene = scenes[0]
     assert scene.captions["full"] == PINNED_CAPTION and scene.key == "synth-0007-0000" and scene.hard is None
     assert np.allclose(scene.camera[-1], PINNED_CAMERA, atol=1e-6)
     assert scene.near_camera is None
     assert np.array_equal(render_scene(7, 0, hard=False, **SIZE).full, scene.full)
-
-
-PINNED_CAPTION = ("a cup of espresso drifting quickly to the right until partly out of frame and a stained cell cluster "
-                  "moving up and to the right while shrinking and spinning against a cluttered garage, "
-                  "the camera panning left")
-PINNED_CAMERA = [[1.040425, 0.004761, 31.780493], [-0.004761, 1.040425, -1.908927], [0.0, 0.0, 1.0]]
 
 
 def test_hard_modes_cycle_by_index_and_are_keyed_apart(hard_scenes):
@@ -222,22 +236,6 @@ def camera_travel(camera, width, height):
     return np.hypot(x / w - (width - 1) / 2, y / w - (height - 1) / 2)
 
 
-def warp_error(scene, homographies, rows, start, end):
-    """Mean error of predicting background rows of frame `end` by warping frame `start` with the given cameras."""
-    first, last = scene.background[start], scene.background[end].astype(float)
-    height, width = first.shape[:2]
-    step = homographies[end] @ np.linalg.inv(homographies[start])
-    predicted = cv2.warpPerspective(first, step, (width, height), flags=cv2.INTER_LINEAR).astype(float)
-    inside = cv2.warpPerspective(np.ones((height, width), np.uint8), step, (width, height)) > 0
-    inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    inside[np.setdiff1d(np.arange(height), np.arange(height)[rows])] = False
-    assert inside.sum() > 100
-    return np.abs(predicted - last)[inside].mean()
-
-
-STILL = np.eye(3)[None].repeat(24, axis=0)
-
-
 def test_tracking_keeps_the_subject_in_place_while_the_background_slides(hard_scenes):
     for scene in (hard_scenes[0], hard_scenes[4]):
         width = scene.full.shape[2]
@@ -256,9 +254,13 @@ def test_parallax_puts_a_faster_near_plane_into_the_background(hard_scenes):
     far, near = camera_travel(scene.camera, width, height), camera_travel(scene.near_camera, width, height)
     assert far > 0.1 * width and 1.5 <= near / far <= 3.0
     bottom, top = slice(height - height // 8, height), slice(0, height // 3)
+
+    def error(cameras, rows):
+        return warp_error(scene, cameras, rows, 10, 12)
+
     # Measured on the background layer: its bottom band follows the near camera, its top the far one.
-    assert warp_error(scene, scene.near_camera, bottom, 10, 12) < 0.5 * warp_error(scene, scene.camera, bottom, 10, 12)
-    assert warp_error(scene, scene.camera, top, 10, 12) < 0.5 * warp_error(scene, scene.near_camera, top, 10, 12)
+    assert error(scene.near_camera, bottom) < 0.5 * error(scene.camera, bottom)
+    assert error(scene.camera, top) < 0.5 * error(scene.near_camera, top)
     assert len(scene.alphas) == len(scene.captions["foreground"])
     assert scene.alphas[:, :, bottom].mean() < 0.3, "the near plane is no foreground layer"
     assert " seen across " in scene.captions["background"]
@@ -271,7 +273,7 @@ def test_static_subject_hides_background_that_no_frame_shows(hard_scenes):
     for alpha in scene.alphas:
         assert screen_travel(np.array([centroid(a) for a in alpha])) < 0.01 * width
         ever, always = (alpha > 0).any(axis=0), (alpha > 0.99).all(axis=0)
-        assert always.sum() > 0.7 * ever.sum() and always.mean() > 0.02
+        assert always.sum() > 0.6 * ever.sum() and always.mean() > 0.02
 
 
 def test_late_subject_is_out_of_frame_then_enters(hard_scenes):
@@ -293,5 +295,5 @@ def test_synthesize_hard_records_the_mode(tmp_path):
         assert truth.hard == mode and truth.key == key
     truth = load_ground_truth(tmp_path / "gt" / keys[1])
     assert np.allclose(truth.near_camera, render_scene(7, 1, hard=True, **SIZE).near_camera)
-    plain = json.loads((tmp_path / "gt" / keys[0] / "layers.json").read_text())
-    assert "near_camera" not in plain
+    tracking_without_near_plane = json.loads((tmp_path / "gt" / keys[0] / "layers.json").read_text())
+    assert "near_camera" not in tracking_without_near_plane
