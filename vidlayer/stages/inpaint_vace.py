@@ -69,8 +69,7 @@ class VaceInpaint(Stage):
     def process(self, clip: Clip) -> Clip:
         p: VaceInpaintParams = self.params
         frames = clip.frames
-        margin = max(1, round(p.margin * min(frames.shape[1:3])))
-        cores, holes = clip_holes(clip.alphas, p.alpha_threshold, margin)
+        cores, holes, margin = clip_holes(clip.alphas, p.alpha_threshold, p.margin)
         clip.metrics.update(inpaint_hole_fraction=float(holes.mean()))
         if not holes.any():
             clip.background = frames.copy()

@@ -42,8 +42,7 @@ def test_background_is_kept_outside_the_hole_and_generated_inside(stage):
     stage.process(clip)
     assert clip.background.shape == frames.shape and clip.background.dtype == np.uint8
     params = stage.params
-    margin = max(1, round(params.margin * min(H, W)))
-    cores, holes = clip_holes(clip.alphas, params.alpha_threshold, margin)
+    cores, holes, _ = clip_holes(clip.alphas, params.alpha_threshold, params.margin)
     assert np.array_equal(clip.background[~holes], frames[~holes])
     assert (clip.background[cores] != frames[cores]).any(axis=-1).mean() > 0.9
     assert clip.metrics["inpaint_hole_fraction"] == pytest.approx(holes.mean())
