@@ -74,6 +74,15 @@ def test_malformed_vlm_answers_are_retried_then_fall_back_and_are_marked(boxed_b
         assert all(captions["foreground"]) and captions["background"] and captions["full"]
 
 
+def test_a_qc_model_without_a_verdict_keeps_the_clips_and_marks_them(boxed_build):
+    """The random VLM never writes the verdict either: 1 + 2 attempts, then the clip is written, unjudged."""
+    out, _ = boxed_build
+    for sample in samples(out):
+        metrics = json.loads(sample["json"])["metrics"]
+        assert metrics["qc_attempts"] == 3 and metrics["qc_answered"] == 0
+        assert "qc_ghost" not in metrics and "qc_matte_ok" not in metrics
+
+
 def test_without_boxes_sam2_is_prompted_by_the_motion_masks(raw, tiny_models, small, tmp_path):
     pipeline = models_pipeline(tiny_models, small, "ground.score_threshold=2")  # scores are at most 1
     summary = build(raw, tmp_path / "out", pipeline, executor="inline")

@@ -18,7 +18,7 @@ OPEN_QUALITY_GATE = ("quality.min_confidence=0", "quality.min_coverage=0", "qual
 def tiny_models_overrides(folder: Path, seed: int = 0) -> list[str]:
     """Write tiny random checkpoints of every model `pipelines/models.yaml` loads into `folder`, and
     return the `--set` overrides that point it at them, with the quality gate open and the VLM asked
-    even where the source gave every caption."""
+    even where the source gave every caption (caption and qc share the one VLM)."""
     from vidlayer.random_models.detector import write_tiny_detector
     from vidlayer.random_models.sam2 import write_tiny_sam2
     from vidlayer.random_models.vlm import write_tiny_vlm
@@ -29,7 +29,7 @@ def tiny_models_overrides(folder: Path, seed: int = 0) -> list[str]:
     vlm = write_tiny_vlm(folder / "vlm", seed=seed)
     return [f"ground.model={detector}", f"segment.config={sam2 / 'config.yaml'}",
             f"segment.checkpoint={sam2 / 'model.safetensors'}", f"caption.model={vlm}", "caption.keep_given=false",
-            *OPEN_QUALITY_GATE]
+            f"qc.model={vlm}", *OPEN_QUALITY_GATE]
 
 
 def spelling_merges(spellings: Iterable[list[str]], vocab: dict[str, int]) -> list[tuple[str, str]]:

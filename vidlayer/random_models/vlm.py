@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised image-text-to-text model for the `caption` stage's `vlm` backend.
+"""A tiny, randomly initialised image-text-to-text model for the `vlm` backends of `caption` and `qc`.
 
 The architecture is LLaVA (a CLIP vision tower, a two-layer projector and a Llama decoder), which
 `AutoModelForImageTextToText` loads, with its real processor: a CLIP image processor (the PIL

@@ -7,17 +7,11 @@ from PIL import Image
 
 from vidlayer.clip import Captions, Clip
 from vidlayer.config import parse_pipeline
-from vidlayer.random_models.vlm import write_tiny_vlm
 from vidlayer.stages.caption_vlm import (GREY, MalformedCaptions, VlmCaption, VlmCaptionParams, clip_messages,
                                          parse_captions)
 
 VALID = '{"full": "a dog runs on grass", "foreground": ["a dog running"], "background": "a green lawn"}'
 EXPECTED = Captions("a dog runs on grass", ["a dog running"], "a green lawn")
-
-
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory):
-    return write_tiny_vlm(tmp_path_factory.mktemp("vlm"))
 
 
 def layered_clip(layers: int, captions: Captions, num_frames: int = 6, height: int = 24, width: int = 32) -> Clip:
@@ -31,20 +25,6 @@ def layered_clip(layers: int, captions: Captions, num_frames: int = 6, height: i
     for k in range(layers):
         clip.alphas[k, :, 4:12, 4 + 12 * k: 12 + 12 * k] = 1.0
     return clip
-
-
-def scripted(stage: VlmCaption, answers: list[list[str]]) -> list[tuple[int, bool]]:
-    """Replace the model with `answers` (one list per generate call); return the calls' (batch size, sampled)."""
-    calls = []
-
-    def generate(conversations, sample):
-        calls.append((len(conversations), sample))
-        batch = answers[len(calls) - 1]
-        assert len(batch) == len(conversations)
-        return batch
-
-    stage._generate = generate
-    return calls
 
 
 # Parsing
@@ -118,7 +98,7 @@ def test_layers_are_shown_over_grey():
 # Retries and merging, with a scripted model
 
 
-def test_a_malformed_answer_is_retried_with_sampling():
+def test_a_malformed_answer_is_retried_with_sampling(scripted):
     stage = VlmCaption(VlmCaptionParams(model="unused"))
     calls = scripted(stage, [["no idea"], [f"```{VALID}```"]])
     clip = stage.process(layered_clip(1, Captions("a dog on grass")))
@@ -129,7 +109,7 @@ def test_a_malformed_answer_is_retried_with_sampling():
     assert clip.captions.derived == {"full": False, "foreground": True, "background": True, "vlm_fallback": False}
 
 
-def test_only_the_malformed_clips_of_a_batch_are_retried():
+def test_only_the_malformed_clips_of_a_batch_are_retried(scripted):
     stage = VlmCaption(VlmCaptionParams(model="unused", retries=2))
     calls = scripted(stage, [[VALID, "garbage", "garbage"], ["{}", VALID], ["still garbage"]])
     clips = [layered_clip(1, Captions(f"a dog on grass {i}")) for i in range(3)]
@@ -142,7 +122,7 @@ def test_only_the_malformed_clips_of_a_batch_are_retried():
     assert results[2].captions.background == "a green lawn"
 
 
-def test_given_captions_win_only_when_keep_given():
+def test_given_captions_win_only_when_keep_given(scripted):
     given = Captions("two birds over a lake", background="calm water")
     answer = '{"full": "birds", "foreground": ["a gull", "a tern"], "background": "a lake"}'
     for keep, expected in [(True, Captions("two birds over a lake", ["a gull", "a tern"], "calm water")),
@@ -155,7 +135,7 @@ def test_given_captions_win_only_when_keep_given():
         assert clip.captions.derived["background"] is not keep and clip.captions.derived["foreground"]
 
 
-def test_clips_with_every_caption_given_skip_the_model():
+def test_clips_with_every_caption_given_skip_the_model(scripted):
     stage = VlmCaption(VlmCaptionParams(model="unused"))
     calls = scripted(stage, [[VALID]])
     done, asked = stage.process_batch([layered_clip(1, Captions("a dog", ["dog"], "lawn")),
@@ -166,7 +146,7 @@ def test_clips_with_every_caption_given_skip_the_model():
     assert asked.metrics["caption_attempts"] == 1.0
 
 
-def test_a_clip_that_cannot_be_shown_fails_alone():
+def test_a_clip_that_cannot_be_shown_fails_alone(scripted):
     stage = VlmCaption(VlmCaptionParams(model="unused"))
     scripted(stage, [[VALID]])
     broken = layered_clip(1, Captions("a dog"))
