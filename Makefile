@@ -15,7 +15,7 @@ PROMPT ?= a red ball bounces across a wooden table in a sunny kitchen
 FG ?= a red ball bouncing
 BG ?= a wooden table in a sunny kitchen
 
-.PHONY: install test demo bench bench-quality bench-models bench-model repro-toy train-stage1 train-stage2 train-stage3 sample clean
+.PHONY: install test demo bench bench-quality calibrate-gate bench-models bench-model repro-toy train-stage1 train-stage2 train-stage3 sample clean
 
 # torch is pinned through constraints.txt (a local CPU wheel here); pyproject.toml stays loose.
 # SAM2 goes in without its dependencies: the only torchvision on this registry is a CUDA build that
@@ -47,9 +47,13 @@ demo: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/bench_build.py
 
-# The default pipeline against ground truth (20 synth clips, the DAVIS clips) -> bench/out/quality/
+# The default pipeline and its quality gate against ground truth (synth, hard synth, DAVIS, composites) -> bench/out/quality/
 bench-quality: $(INSTALLED)
 	$(BIN)/python bench/bench_quality.py $(ARGS)
+
+# Refit the quality gate's model on synthetic clips of tuning seeds -> vidlayer/gate_calibration.json
+calibrate-gate: $(INSTALLED)
+	$(BIN)/python bench/calibrate_gate.py $(ARGS)
 
 # The models pipeline (tiny random checkpoints unless ARGS="--set ...") against the default -> bench/out/models/
 bench-models: $(INSTALLED)

@@ -2,7 +2,11 @@
 
 Runs the default pipeline at its training format (480p, 49 frames at 16 fps) over `vidlayer
 synth` clips, once with one Ray worker and once with two, side by side in one run, and prints
-the figures (also written to bench/out/build.json).
+the figures (also written to bench/out/build.json). Then times what the latest changes cost,
+each against what it replaced, side by side on the same 480p clips: the camera fit that also
+tries the frame's border (against one RANSAC fit), the quality gate's signals (against its
+composite and flicker checks alone), and the exemplar fill of never-seen background (against
+Telea), on a hard synthetic clip whose subject barely moves.
 
     python bench/bench_build.py [--clips 6] [--seconds 4]
 """
@@ -10,20 +14,27 @@ the figures (also written to bench/out/build.json).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from rich.console import Console
 from rich.table import Table
 
 from vidlayer.build import build
+from vidlayer.clip import Captions, Clip
 from vidlayer.config import load_pipeline
 from vidlayer.evaluation.speed import stage_rates
 from vidlayer.io.manifest import read_manifest
-from vidlayer.synth import synthesize
+from vidlayer.motion import estimate_motion, fit_camera, ransac_homography, to_full
+from vidlayer.quality_signals import alpha_flicker, composite_errors, measure
+from vidlayer.synth import render_scene, synthesize
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -72,7 +83,53 @@ def main() -> None:
         console.print(f"--workers {workers}: {results['seconds'][workers]:.1f} s, "
                       f"{results['clips_per_minute'][workers]:.2f} clips/min ({written[workers]} written)")
     console.print(f"[bold]speed-up of --workers 2 over --workers 1: {results['speedup_2_over_1']:.2f}x")
+    results["change_costs"] = change_costs(console)
     (OUT / "build.json").write_text(json.dumps(results, indent=2))
+
+
+def best_of(function: Callable[[], object], repeats: int = 3) -> float:
+    """Seconds of the fastest of `repeats` calls (the least disturbed by the rest of the machine)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def change_costs(console: Console) -> dict[str, dict[str, float]]:
+    """Seconds per 49-frame 480p clip of each change and of what it replaced, measured in turn."""
+    scene = render_scene(100, 2, width=854, height=480, fps=16, seconds=49 / 16, hard=True)  # static subject
+    motion = estimate_motion(scene.full)
+    clip = Clip(key="k", input_key="k", path="", source="", captions=Captions("c"), frames=scene.full,
+                alphas=scene.alphas, foregrounds=scene.foregrounds, background=scene.background, motion=motion)
+    grid = np.mgrid[3:motion.flow.shape[1]:6, 3:motion.flow.shape[2]:6].reshape(2, -1)[::-1].T.astype(np.float32)
+
+    def one_fit() -> None:
+        for flow in motion.flow:
+            to_full(ransac_homography(grid, grid + flow[grid[:, 1].astype(int), grid[:, 0].astype(int)]), motion.scale)
+
+    def inpaint(fill: str) -> Callable[[], object]:
+        stage = load_pipeline("default", [f"inpaint.unseen_fill={fill}"]).spec("inpaint").build()
+        return lambda: stage.process(dataclasses.replace(clip, metrics={}))
+
+    pairs = {
+        "camera fit (segment)": (lambda: [fit_camera(f, motion.scale) for f in motion.flow], one_fit),
+        "quality signals (quality)": (lambda: measure(clip), lambda: (
+            composite_errors(scene.full, scene.foregrounds, scene.alphas, scene.background),
+            alpha_flicker(scene.alphas.sum(axis=0), motion.flow))),
+        "never-seen fill (inpaint)": (inpaint("patchmatch"), inpaint("telea")),
+    }
+    costs = {}
+    table = Table(title="what the latest changes cost, side by side, s per 49-frame 480p clip")
+    for column in ("change", "new s", "replaced s", "ratio"):
+        table.add_column(column, justify="left" if column == "change" else "right")
+    for name, (new, old) in pairs.items():
+        new_s, old_s = best_of(new), best_of(old)
+        costs[name] = {"new_seconds": new_s, "replaced_seconds": old_s, "ratio": new_s / old_s}
+        table.add_row(name, f"{new_s:.2f}", f"{old_s:.2f}", f"{new_s / old_s:.2f}x")
+    console.print(table)
+    return costs
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from vidlayer.io.shards import read_shard
 from vidlayer.io.video import decode_video
 from vidlayer.render import contact_sheet, layer_rows, save_png
 
-TABLE_METRICS = ("quality_composite_error", "quality_alpha_coverage", "quality_alpha_flicker", "segment_confidence")
-METRIC_LABELS = dict(zip(TABLE_METRICS, ("comp. err", "coverage", "flicker", "seg. conf")))
+TABLE_METRICS = ("quality_composite_error", "quality_alpha_coverage", "quality_alpha_flicker", "quality_confidence")
+METRIC_LABELS = dict(zip(TABLE_METRICS, ("comp. err", "coverage", "flicker", "exp. J")))
 
 
 def load_samples(shard: str | Path) -> list[dict[str, Any]]:

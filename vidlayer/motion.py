@@ -20,6 +20,9 @@ from vidlayer.clip import Clip, Motion
 FIT_STEP = 6  # flow sampled every this many working pixels for the homography fit
 FIT_THRESHOLD = 1.0  # RANSAC inlier distance, working pixels
 MIN_INLIERS = 0.2  # a homography explaining less of the frame than this is not trusted
+BORDER_STRIP = 0.15  # the strip along the frame's edges where the background is expected, share of the short side
+PLANE_SHARE = 0.1  # a second background plane explains at least this share of the frame...
+PLANE_BORDER = 0.2  # ...and of the border strip (a subject seldom fills much of the frame's edge)
 
 
 def working_scale(height: int, width: int, short_side: int) -> float:
@@ -48,28 +51,49 @@ def estimate_motion(frames: np.ndarray, work_short_side: int = 240,
 
 
 def fit_camera(flow: np.ndarray, scale: float) -> np.ndarray:
-    """Full-resolution homography of the dominant motion in one flow field [h, w, 2].
+    """Full-resolution homography of the background's motion in one flow field [h, w, 2].
 
     RANSAC on a grid of flow correspondences treats independently moving things as outliers.
-    When the fit is degenerate (too few inliers, a textureless frame) a similarity transform,
-    and failing that the identity, is the safer guess.
+    The largest consistent motion is not always the background's: when the camera follows a
+    large subject, the subject holds still in the frame and can outvote a background that
+    slides past it in depth layers. The background is what fills the frame's border, so a
+    second fit on the border strip alone is tried, and whichever motion explains more of the
+    border wins. When both fits are degenerate (too few inliers, a textureless frame) a
+    similarity transform, and failing that the identity, is the safer guess.
     """
     h, w = flow.shape[:2]
     ys, xs = np.mgrid[FIT_STEP // 2: h: FIT_STEP, FIT_STEP // 2: w: FIT_STEP].reshape(2, -1).astype(np.float32)
     source = np.stack([xs, ys], axis=1)
     target = source + flow[ys.astype(int), xs.astype(int)]
     inside = (target[:, 0] >= 0) & (target[:, 0] <= w - 1) & (target[:, 1] >= 0) & (target[:, 1] <= h - 1)
-    source, target = source[inside], target[inside]
+    margin = BORDER_STRIP * min(h, w)
+    border = (np.minimum(xs, w - 1 - xs) < margin) | (np.minimum(ys, h - 1 - ys) < margin)
+    source, target, border = source[inside], target[inside], border[inside]
     enough = max(8, int(MIN_INLIERS * len(xs)))
+    candidates = [fit for points in (np.ones(len(source), bool), border) if points.sum() >= 8
+                  for fit in [ransac_homography(source[points], target[points])] if fit is not None]
+    if candidates:
+        support = [_explained(H, source, target) for H in candidates]
+        best = max(range(len(candidates)), key=lambda i: (support[i][border].sum(), support[i].sum()))
+        if support[best].sum() >= enough:
+            return to_full(candidates[best], scale)
     if len(source) >= enough:
-        homography, inliers = cv2.findHomography(source, target, cv2.RANSAC, FIT_THRESHOLD, maxIters=500)
-        if homography is not None and inliers.sum() >= enough:
-            return to_full(homography, scale)
         similarity, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC,
                                                           ransacReprojThreshold=FIT_THRESHOLD)
         if similarity is not None and inliers.sum() >= enough:
             return to_full(np.vstack([similarity, [0.0, 0.0, 1.0]]), scale)
     return np.eye(3)
+
+
+def ransac_homography(source: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+    homography, _ = cv2.findHomography(source, target, cv2.RANSAC, FIT_THRESHOLD, maxIters=500)
+    return homography
+
+
+def _explained(homography: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Which correspondences `homography` maps to within the RANSAC threshold."""
+    moved = cv2.perspectiveTransform(source[:, None].astype(np.float64), homography)[:, 0]
+    return np.linalg.norm(moved - target, axis=1) <= FIT_THRESHOLD
 
 
 def resolution_change(scale: float) -> np.ndarray:
@@ -112,6 +136,40 @@ def camera_flow(motion: Motion) -> np.ndarray:
 def residual_flow(motion: Motion) -> np.ndarray:
     """[T-1, h, w, 2] flow minus the camera's: the motion of things moving on their own."""
     return motion.flow - camera_flow(motion)
+
+
+def plane_residual(flow: np.ndarray, camera: np.ndarray) -> np.ndarray:
+    """[T-1, h, w, 2] residual flow against the camera and, where the scene has one, a second background plane.
+
+    One homography describes a plane (or a camera that only turns). When the camera moves
+    through a scene with depth, a near plane (the ground in front, a wall) slides past the far
+    one at its own rate and would be taken for a subject. So the flow the camera leaves
+    unexplained is fitted by a second homography; if that explains a sizable part of the frame
+    and of its border strip, it is a background plane too, and each pixel keeps the smaller of
+    its two residuals. A subject rarely fills much of the frame's edge, and one that moves with
+    the near background is not moving on its own.
+    """
+    residual = flow - camera
+    h, w = flow.shape[1:3]
+    ys, xs = np.mgrid[FIT_STEP // 2: h: FIT_STEP, FIT_STEP // 2: w: FIT_STEP].reshape(2, -1)
+    source = np.stack([xs, ys], axis=1).astype(np.float32)
+    margin = BORDER_STRIP * min(h, w)
+    border = (np.minimum(xs, w - 1 - xs) < margin) | (np.minimum(ys, h - 1 - ys) < margin)
+    for t in range(len(flow)):
+        target = source + flow[t][ys, xs]
+        left = np.linalg.norm(residual[t][ys, xs], axis=1) > FIT_THRESHOLD
+        if left.sum() < PLANE_SHARE * len(xs) or (left & border).sum() < PLANE_BORDER * border.sum():
+            continue
+        plane = ransac_homography(source[left], target[left])
+        if plane is None:
+            continue
+        explained = _explained(plane, source, target) & left
+        if explained.sum() < PLANE_SHARE * len(xs) or (explained & border).sum() < PLANE_BORDER * border.sum():
+            continue
+        second = flow[t] - homography_flow(plane, h, w)
+        closer = np.linalg.norm(second, axis=-1) < np.linalg.norm(residual[t], axis=-1)
+        residual[t][closer] = second[closer]
+    return residual
 
 
 def chain_homographies(homographies: np.ndarray, source: int, target: int) -> np.ndarray:

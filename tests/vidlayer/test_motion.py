@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from vidlayer.motion import (backward_warp, chain_homographies, estimate_motion, homography_flow, invert_flow,
-                             residual_flow, to_full, to_working, warp_to)
+from vidlayer.motion import (backward_warp, chain_homographies, estimate_motion, fit_camera, homography_flow,
+                             invert_flow, plane_residual, residual_flow, to_full, to_working, warp_to)
 
 WIDTH, HEIGHT = 256, 144
 
@@ -51,6 +51,40 @@ def test_residual_flow_vanishes_under_pure_camera_motion():
     assert np.median(residual) < 0.1 and np.percentile(residual, 95) < 0.5
     # The camera flow does account for real motion: the raw flow is several pixels.
     assert np.median(np.linalg.norm(motion.flow, axis=-1)) > 2
+
+
+def test_a_camera_tracking_a_large_subject_follows_the_background_at_the_border():
+    """The subject holds still in the frame and fills most of it; the background slides past around it.
+    The largest consistent motion is the subject's, but the border's is the camera's."""
+    flow = np.zeros((HEIGHT, WIDTH, 2), np.float32)
+    flow[..., 0] = 3.0
+    flow[25:-15, 35:-35] = 0.0  # the tracked subject: 2/3 of the frame
+    camera = fit_camera(flow, scale=1.0)
+    assert np.allclose(camera, [[1, 0, 3], [0, 1, 0], [0, 0, 1]], atol=1e-3)
+
+
+def pan_and(region: tuple[slice, slice], motion: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """[1, h, w, 2] flow of a 2-pixel pan with `region` moving by `motion` instead, and the pan's flow."""
+    camera = np.zeros((1, HEIGHT, WIDTH, 2), np.float32)
+    camera[..., 0] = 2.0
+    flow = camera.copy()
+    flow[(0, *region)] = motion
+    return flow, camera
+
+
+def test_a_near_background_plane_is_not_independent_motion_but_a_subject_still_is():
+    """Parallax: a near ground band slides faster than the far backdrop, along the whole bottom edge."""
+    flow, camera = pan_and((slice(-45, None), slice(None)), (6.0, 0.0))
+    flow[0, 30:70, 100:150] = (0.0, 3.0)  # a subject moving on its own, away from the border
+    residual = np.linalg.norm(plane_residual(flow, camera), axis=-1)[0]
+    assert np.median(residual[-40:]) < 0.1 and np.median(residual[:25]) < 0.1
+    assert np.median(residual[35:65, 105:145]) > 3.0
+
+
+def test_a_second_motion_away_from_the_border_is_no_background_plane():
+    flow, camera = pan_and((slice(30, 110), slice(60, 200)), (6.0, 0.0))  # a large subject inside the frame
+    residual = np.linalg.norm(plane_residual(flow, camera), axis=-1)[0]
+    assert np.median(residual[40:100, 70:190]) > 3.5
 
 
 def test_static_frames_give_the_identity():

@@ -145,7 +145,7 @@ def score(pred: Prediction, folder: Path) -> dict[str, Any]:
         "F": float(boundary_accuracy(union, true_union).mean()),
         "J_instances": _instance_similarity(pred_masks, truth.masks),
         "composite_error": composite_error(pred.full, pred.foregrounds, pred.alphas, pred.background),
-        "confidence": pred.meta.get("metrics", {}).get("segment_confidence"),
+        "confidence": pred.meta.get("metrics", {}).get("quality_confidence"),
     }
     if truth.has_layers:
         row |= _layer_scores(pred, truth)
@@ -184,7 +184,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _rank_correlation(x: list[float | None], y: list[float]) -> float | None:
-    """Spearman's rho: does a higher segmenter confidence mean a better J? (What the quality gate relies on.)"""
+    """Spearman's rho: does a higher confidence (the quality gate's expected J) mean a better J?"""
     pairs = [(a, b) for a, b in zip(x, y) if a is not None]
     if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
         return None

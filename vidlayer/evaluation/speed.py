@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-STAGES = ("decode", "filter", "window", "segment", "matte", "inpaint", "foreground", "caption", "quality", "write")
+STAGES = ("decode", "filter", "window", "ground", "segment", "matte", "inpaint", "foreground", "caption", "quality", "qc",
+          "write")
 
 
 def stage_rates(rows: list[dict[str, Any]]) -> dict[str, float]:

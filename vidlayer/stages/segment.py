@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 
 from vidlayer.clip import Clip, Drop, Motion
 from vidlayer.morphology import disk, padded_box
-from vidlayer.motion import backward_warp, camera_flow, estimate_motion, invert_flow, working_grey
+from vidlayer.motion import backward_warp, camera_flow, estimate_motion, invert_flow, plane_residual, working_grey
 from vidlayer.stages.base import Resources, Stage, register
 
 BRIGHTNESS_NOISE = 1.0  # grey levels of frame-to-frame change that no motion needs to explain (noise, compression)
@@ -100,7 +100,7 @@ class MotionSegmenter(Stage):
         pixel, and every pixel whose own motion explains its change in brightness."""
         p: MotionSegmentParams = self.params
         camera = camera_flow(motion)
-        residual = motion.flow - camera
+        residual = plane_residual(motion.flow, camera)
         backward = np.stack([invert_flow(f) for f in motion.flow])
         evidence = independent_motion(residual, motion.flow, backward, p.memory, p.noise_floor)
         moving = evidence > p.motion_threshold

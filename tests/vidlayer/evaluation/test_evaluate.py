@@ -23,7 +23,7 @@ def sample_from(key: str, full, background, foregrounds, alphas, source_frames, 
                 captions=Captions("c", ["f"] * len(alphas), "b"), span=(0.0, frames / fps), fps=fps,
                 info=VideoInfo(width, height, fps, frames, frames / fps, "h264", "pyav"),
                 frames=full, source_frames=np.asarray(source_frames), background=background,
-                foregrounds=foregrounds, alphas=alphas, metrics={"segment_confidence": 0.5})
+                foregrounds=foregrounds, alphas=alphas, metrics={"quality_confidence": 0.5})
     write = parse_pipeline({"stages": [{"stage": "write", "backend": "webdataset", "params": {"preset": "veryfast"}}]}).stages[0].build()
     return write.process(clip).sample
 
@@ -60,6 +60,7 @@ def test_the_truth_itself_scores_perfectly(scene, synth_truth, tmp_path):
     [row] = evaluate(build, synth_truth).rows
     assert row["status"] == "scored" and (row["layers"], row["true_layers"]) == (2, 2)
     assert row["J"] == row["F"] == row["J_instances"] == 1.0
+    assert row["confidence"] == 0.5  # the quality gate's expected J, as recorded
     assert row["alpha_mse"] == pytest.approx(0, abs=1e-9)  # lossless mattes
     # Only the H.264 (crf 18, 4:2:0 at 96x64) encoding of the colour layers is lost.
     assert row["bg_psnr_covered"] > 30 and row["bg_psnr_visible"] > 30 and row["fg_psnr"] > 25

@@ -6,7 +6,7 @@ import skimage.data
 from vidlayer.clip import Captions, Clip
 from vidlayer.stages.foreground import UnmixForeground, UnmixForegroundParams
 from vidlayer.layers import composite
-from vidlayer.stages.quality import composite_errors
+from vidlayer.quality_signals import composite_errors
 from vidlayer.synth import render_scene
 
 H, W, T = 96, 160, 9

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from vidlayer.clip import Captions, Clip, Drop
+from vidlayer.gate_calibration import GateModel
 from vidlayer.motion import estimate_motion
-from vidlayer.stages.quality import QualityGate, QualityParams, alpha_flicker
+from vidlayer.stages.quality import QualityGate, QualityParams, verdict
 from vidlayer.synth import render_scene
 
 
@@ -60,17 +61,26 @@ def test_a_shimmering_matte_fails_the_flicker_check(scene):
     assert drop_reason(clip, max_composite_error=1.0, max_composite_error_fg=1.0) == "alpha_flicker"
 
 
-def test_low_segmenter_confidence_is_dropped(scene):
-    clip = layered_clip(scene)
-    clip.metrics["segment_confidence"] = 0.1
-    assert drop_reason(clip) == "low_confidence"
+def test_a_background_that_still_shows_the_subject_is_dropped_for_low_confidence(scene, tmp_path):
+    """The gate's calibrated model predicts J from signals; here one where a ghost means failure."""
+    GateModel(["quality_ghost"], mean=[0.5], scale=[0.25], weights=[-5.0], bias=0.0).save(tmp_path / "gate.json")
+    calibration = str(tmp_path / "gate.json")
+    clean = gate(calibration=calibration).process(layered_clip(scene))
+    assert clean.metrics["quality_confidence"] > 0.99
+    ghosted = layered_clip(scene, background=scene.full)  # still adds up: the foreground covers the difference
+    with pytest.raises(Drop) as drop:
+        gate(calibration=calibration).process(ghosted)
+    assert drop.value.reason == "low_confidence" and "quality_ghost 1" in str(drop.value)
+    assert ghosted.metrics["quality_confidence"] < 0.01
 
 
-def test_flicker_follows_motion():
-    """A disc sliding with the flow is stable; the same disc blinking is not."""
-    flow = np.zeros((3, 32, 48, 2), np.float32)
-    flow[..., 0] = 2.0  # everything moves 2 px right per frame
-    ys, xs = np.mgrid[:32, :48]
-    sliding = np.stack([((xs - 10 - 2 * t) ** 2 + (ys - 16) ** 2 < 36).astype(np.float32) for t in range(4)])
-    blinking = sliding * np.array([1, 0, 1, 0], np.float32)[:, None, None]
-    assert alpha_flicker(sliding, flow) < 0.1 < alpha_flicker(blinking, flow)
+def test_verdict_re_judges_recorded_metrics_with_other_thresholds(scene):
+    metrics = gate(min_confidence=0).process(layered_clip(scene)).metrics
+    assert verdict(metrics, QualityParams(min_confidence=0)) is None
+    assert verdict(metrics, QualityParams(min_confidence=1.01))[0] == "low_confidence"
+    assert verdict(metrics, QualityParams(min_confidence=0, max_flicker=0))[0] == "alpha_flicker"
+
+
+def test_every_signal_the_shipped_model_reads_is_recorded(scene):
+    metrics = gate(min_confidence=0).process(layered_clip(scene)).metrics
+    assert set(GateModel.load().features) <= set(metrics) | {"inpaint_unseen_fraction", "inpaint_unseen_max"}
