@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +30,7 @@ from vidlayer.clip import Captions, Clip
 from vidlayer.config import load_pipeline
 from vidlayer.evaluation.speed import stage_rates
 from vidlayer.io.manifest import read_manifest
-from vidlayer.motion import estimate_motion, fit_camera, ransac_homography, to_full
+from vidlayer.motion import correspondences, estimate_motion, fit_camera, ransac_homography, to_full
 from vidlayer.quality_signals import alpha_flicker, composite_errors, measure
 from vidlayer.synth import render_scene, synthesize
 
@@ -103,11 +101,10 @@ def change_costs(console: Console) -> dict[str, dict[str, float]]:
     motion = estimate_motion(scene.full)
     clip = Clip(key="k", input_key="k", path="", source="", captions=Captions("c"), frames=scene.full,
                 alphas=scene.alphas, foregrounds=scene.foregrounds, background=scene.background, motion=motion)
-    grid = np.mgrid[3:motion.flow.shape[1]:6, 3:motion.flow.shape[2]:6].reshape(2, -1)[::-1].T.astype(np.float32)
 
     def one_fit() -> None:
         for flow in motion.flow:
-            to_full(ransac_homography(grid, grid + flow[grid[:, 1].astype(int), grid[:, 0].astype(int)]), motion.scale)
+            to_full(ransac_homography(*correspondences(flow)[:2]), motion.scale)
 
     def inpaint(fill: str) -> Callable[[], object]:
         stage = load_pipeline("default", [f"inpaint.unseen_fill={fill}"]).spec("inpaint").build()

@@ -13,7 +13,7 @@ clips. Writes bench/out/quality/<set>/report.md (pictures of the worst clips),
 bench/out/quality/summary.md and quality.json: the figures, the issue's targets with pass or
 fail, the gate's yield and rank correlation per set and pooled, and frames per second per stage.
 
-    python bench/bench_quality.py [--clips 20] [--seed 8000] [--hard-clips 12] [--hard-seed 8100]
+    python bench/bench_quality.py [--clips 20] [--seed 8000] [--hard-clips 12] [--hard-seed 8100] [--reuse]
 """
 
 from __future__ import annotations
@@ -47,25 +47,37 @@ LAYER_FIGURES = ("alpha_mse", "alpha_sad", "alpha_dtssd", "bg_psnr_covered", "bg
                  "fg_psnr", "F", "J_instances")
 
 
-def measure_set(name: str, raw: Path, truth: Path, console: Console) -> dict:
-    """Build one data set with the gate open, score every clip, and judge it with the default gate."""
+def measure_set(name: str, raw: Path, truth: Path, console: Console, reuse: bool) -> dict:
+    """Build one data set with the gate open, score every clip, and judge it with the default gate.
+
+    The gate's confidence is predicted again from the recorded signals, so `reuse` (the build and
+    scores of the last run) judges them with the gate model and thresholds as they are now.
+    """
     out = OUT / name
-    seconds = build_open(raw, out, console)
-    evaluation = scored(out, truth)
-    report = write_report(evaluation, out / "build", truth, out / "report.md", title=f"Default pipeline on {name}")
-    gate = load_pipeline("default").spec("quality").params
+    cache = out / "scored.json"
+    if reuse and cache.exists():
+        rows = json.loads(cache.read_text())
+    else:
+        seconds = build_open(raw, out, console)
+        evaluation = scored(out, truth)
+        write_report(evaluation, out / "build", truth, out / "report.md", title=f"Default pipeline on {name}")
+        rows = {"build_seconds": seconds, "rows": evaluation.rows}
+        cache.write_text(json.dumps(rows))
+    gate_spec = load_pipeline("default").spec("quality")
+    gate, model = gate_spec.params, gate_spec.build().model
     clips = {}
-    for row in evaluation.rows:
+    for row in rows["rows"]:
         clip = clips.setdefault(row["clip"], {"clip": row["clip"], "J": 0.0, "written": False, "reason": ""})
         if row["status"] != "scored":
             clip["reason"] = row.get("reason", row["status"])
             continue
-        failure = verdict(row["metrics"], gate)
-        clip.update(J=row["J"], confidence=row["metrics"]["quality_confidence"], written=failure is None,
+        metrics = {**row["metrics"], "quality_confidence": model.predict(row["metrics"])}
+        failure = verdict(metrics, gate)
+        clip.update(J=row["J"], confidence=metrics["quality_confidence"], written=failure is None,
                     reason=failure[0] if failure else "", layers={k: row[k] for k in LAYER_FIGURES if k in row})
-    return {"clips": list(clips.values()), "figures": figures(list(clips.values())), "build_seconds": seconds,
-            "stage_frames_per_second": stage_rates(read_manifest(out / "build" / "manifest.parquet")),
-            "report": str(report)}
+    return {"clips": list(clips.values()), "figures": figures(list(clips.values())),
+            "build_seconds": rows["build_seconds"], "report": str(out / "report.md"),
+            "stage_frames_per_second": stage_rates(read_manifest(out / "build" / "manifest.parquet"))}
 
 
 def figures(clips: list[dict]) -> dict[str, float | None]:
@@ -104,6 +116,8 @@ def main() -> None:
     parser.add_argument("--hard-seed", type=int, default=8100)
     parser.add_argument("--davis", type=Path, default=SHARED / "davis")
     parser.add_argument("--composite", type=Path, default=SHARED / "composite")
+    parser.add_argument("--reuse", action="store_true",
+                        help="judge the builds and scores of the last run again (after a gate change), without rebuilding")
     args = parser.parse_args()
     console = Console()
     sets = {"synth": synth_set(OUT / f"synth-clips-{args.seed}", args.clips, args.seed),
@@ -112,7 +126,7 @@ def main() -> None:
     results = {}
     for name, folder in sets.items():
         if (folder / "raw").is_dir():
-            results[name] = measure_set(name, folder / "raw", folder, console)
+            results[name] = measure_set(name, folder / "raw", folder, console, args.reuse)
         else:
             console.print(f"[yellow]no clips at {folder}/raw: the {name} figures are not measured")
     pooled = figures([c for r in results.values() for c in r["clips"]])

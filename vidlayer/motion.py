@@ -62,14 +62,10 @@ def fit_camera(flow: np.ndarray, scale: float) -> np.ndarray:
     similarity transform, and failing that the identity, is the safer guess.
     """
     h, w = flow.shape[:2]
-    ys, xs = np.mgrid[FIT_STEP // 2: h: FIT_STEP, FIT_STEP // 2: w: FIT_STEP].reshape(2, -1).astype(np.float32)
-    source = np.stack([xs, ys], axis=1)
-    target = source + flow[ys.astype(int), xs.astype(int)]
+    source, target, border = correspondences(flow)
     inside = (target[:, 0] >= 0) & (target[:, 0] <= w - 1) & (target[:, 1] >= 0) & (target[:, 1] <= h - 1)
-    margin = BORDER_STRIP * min(h, w)
-    border = (np.minimum(xs, w - 1 - xs) < margin) | (np.minimum(ys, h - 1 - ys) < margin)
+    enough = max(8, int(MIN_INLIERS * len(source)))
     source, target, border = source[inside], target[inside], border[inside]
-    enough = max(8, int(MIN_INLIERS * len(xs)))
     candidates = [fit for points in (np.ones(len(source), bool), border) if points.sum() >= 8
                   for fit in [ransac_homography(source[points], target[points])] if fit is not None]
     if candidates:
@@ -83,6 +79,17 @@ def fit_camera(flow: np.ndarray, scale: float) -> np.ndarray:
         if similarity is not None and inliers.sum() >= enough:
             return to_full(np.vstack([similarity, [0.0, 0.0, 1.0]]), scale)
     return np.eye(3)
+
+
+def correspondences(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points of a grid every FIT_STEP pixels [N, 2], where the flow [h, w, 2] takes them [N, 2], and
+    which of them lie in the frame's border strip [N]."""
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[FIT_STEP // 2: h: FIT_STEP, FIT_STEP // 2: w: FIT_STEP].reshape(2, -1)
+    source = np.stack([xs, ys], axis=1).astype(np.float32)
+    margin = BORDER_STRIP * min(h, w)
+    border = (np.minimum(xs, w - 1 - xs) < margin) | (np.minimum(ys, h - 1 - ys) < margin)
+    return source, source + flow[ys, xs], border
 
 
 def ransac_homography(source: np.ndarray, target: np.ndarray) -> np.ndarray | None:
@@ -151,20 +158,18 @@ def plane_residual(flow: np.ndarray, camera: np.ndarray) -> np.ndarray:
     """
     residual = flow - camera
     h, w = flow.shape[1:3]
-    ys, xs = np.mgrid[FIT_STEP // 2: h: FIT_STEP, FIT_STEP // 2: w: FIT_STEP].reshape(2, -1)
-    source = np.stack([xs, ys], axis=1).astype(np.float32)
-    margin = BORDER_STRIP * min(h, w)
-    border = (np.minimum(xs, w - 1 - xs) < margin) | (np.minimum(ys, h - 1 - ys) < margin)
+
+    def sizable(points: np.ndarray, border: np.ndarray) -> bool:
+        return points.sum() >= PLANE_SHARE * len(points) and (points & border).sum() >= PLANE_BORDER * border.sum()
+
     for t in range(len(flow)):
-        target = source + flow[t][ys, xs]
-        left = np.linalg.norm(residual[t][ys, xs], axis=1) > FIT_THRESHOLD
-        if left.sum() < PLANE_SHARE * len(xs) or (left & border).sum() < PLANE_BORDER * border.sum():
+        source, target, border = correspondences(flow[t])
+        grid = source.astype(int)
+        left = np.linalg.norm(residual[t][grid[:, 1], grid[:, 0]], axis=1) > FIT_THRESHOLD
+        if not sizable(left, border):
             continue
         plane = ransac_homography(source[left], target[left])
-        if plane is None:
-            continue
-        explained = _explained(plane, source, target) & left
-        if explained.sum() < PLANE_SHARE * len(xs) or (explained & border).sum() < PLANE_BORDER * border.sum():
+        if plane is None or not sizable(_explained(plane, source, target) & left, border):
             continue
         second = flow[t] - homography_flow(plane, h, w)
         closer = np.linalg.norm(second, axis=-1) < np.linalg.norm(residual[t], axis=-1)

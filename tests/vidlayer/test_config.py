@@ -38,7 +38,8 @@ def test_every_shipped_pipeline_loads():
     for path in sorted(PIPELINES_DIR.glob("*.yaml")):
         assert load_pipeline(path).stages, path.name
     models = load_pipeline("models")
-    assert [s.backend for s in models.stages if s.resources.gpus] == ["detector", "sam2", "vlm"]
+    assert [(s.stage, s.backend) for s in models.stages if s.resources.gpus] == [
+        ("ground", "detector"), ("segment", "sam2"), ("caption", "vlm"), ("qc", "vlm")]
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -33,7 +33,7 @@ class QualityParams:
     min_coverage: float = 0.005
     max_coverage: float = 0.85
     max_flicker: float = 0.25
-    min_confidence: float = 0.5  # expected J below which a clip is dropped (see quality_confidence)
+    min_confidence: float = 0.6  # expected J below which a clip is dropped (see quality_confidence)
     calibration: str = ""  # JSON file of a gate model (bench/calibrate_gate.py --out); empty: the shipped one
 
 

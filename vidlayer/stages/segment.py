@@ -62,7 +62,7 @@ class MotionSegmentParams:
     refine: bool = True  # snap the masks to colour edges with GrabCut
     explained_change: float = 2.0  # grey levels of a pixel's change its own motion must explain to vouch for a layer
     core_closing: float = 0.04  # gaps this wide (share of the short side) between such pixels are closed, holes filled
-    refine_band: float = 0.05  # how far refinement may move the boundary, share of the short side
+    refine_band: float = 0.065  # how far refinement may move the boundary, share of the short side
     refine_iterations: int = 2  # GrabCut iterations per frame and layer
     refine_pixels: int = 60000  # larger crops are shrunk to this many pixels first (GrabCut's cost grows with the crop)
 

@@ -178,13 +178,12 @@ def test_a_still_hole_under_a_still_camera_is_filled_the_same_in_every_frame():
 
 @pytest.mark.parametrize("fill", UNSEEN_FILLS)
 def test_every_unseen_fill_runs_and_leaves_no_subject_colour(fill):
-    if fill == "fsr_best":
-        pytest.skip("minutes per fill")
     hole = np.zeros((H, W), bool)
     hole[30:50, 60:80] = True
     hole[48:50, 20:60] = True  # a sliver, too thin for exemplar fills: its colour must not be copied either
     frames, alphas = still_clip(periodic_texture(), hole)
-    clip = inpaint(frames[:3], alphas[:, :3], unseen_fill=fill)
+    crop = (slice(24, 56), slice(16, 88))  # around both holes: fsr_best takes seconds per thousand pixels
+    clip = inpaint(frames[:3, *crop], alphas[:, :3, *crop], unseen_fill=fill)
     magenta = (clip.background[..., 0] > 200) & (clip.background[..., 1] < 50) & (clip.background[..., 2] > 200)
     assert not magenta.any()
 

@@ -83,4 +83,4 @@ def test_verdict_re_judges_recorded_metrics_with_other_thresholds(scene):
 
 def test_every_signal_the_shipped_model_reads_is_recorded(scene):
     metrics = gate(min_confidence=0).process(layered_clip(scene)).metrics
-    assert set(GateModel.load().features) <= set(metrics) | {"inpaint_unseen_fraction", "inpaint_unseen_max"}
+    assert set(GateModel.load().features) <= set(metrics)
