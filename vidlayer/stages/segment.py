@@ -1,7 +1,9 @@
 """Weights-free segmentation of the main moving subject(s), robust to camera motion.
 
 1. Motion: dense flow and a camera homography per frame pair (`vidlayer.motion`), estimated
-   once and handed on to later stages.
+   once and handed on to later stages. The camera is the motion that explains the frame's
+   border best (a camera tracking a large subject holds the subject still), and a second
+   background plane along the border (near ground sliding past far hills) counts as camera too.
 2. Evidence: the residual flow (what the camera does not explain) summed along the trajectory
    through each pixel, into the future and out of the past. A subject moves in both directions
    of time while occlusion trails show in only one, so the smaller sum is kept, in units of the
