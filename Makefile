@@ -15,7 +15,7 @@ PROMPT ?= a red ball bounces across a wooden table in a sunny kitchen
 FG ?= a red ball bouncing
 BG ?= a wooden table in a sunny kitchen
 
-.PHONY: install test demo bench bench-quality calibrate-gate bench-models bench-model repro-toy train-stage1 train-stage2 train-stage3 sample clean
+.PHONY: install test demo bench bench-quality bench-inpaint-fill calibrate-gate bench-models bench-model repro-toy train-stage1 train-stage2 train-stage3 sample clean
 
 # torch is pinned through constraints.txt (a local CPU wheel here); pyproject.toml stays loose.
 # SAM2 goes in without its dependencies: the only torchvision on this registry is a CUDA build that
@@ -50,6 +50,10 @@ bench: $(INSTALLED)
 # The default pipeline and its quality gate against ground truth (synth, hard synth, DAVIS, composites) -> bench/out/quality/
 bench-quality: $(INSTALLED)
 	$(BIN)/python bench/bench_quality.py $(ARGS)
+
+# Never-seen background fills (PatchMatch, xphoto shift-map/FSR, Telea, Navier-Stokes) on real frames -> bench/out/inpaint_fill/
+bench-inpaint-fill: $(INSTALLED)
+	$(BIN)/python bench/bench_inpaint_fill.py $(ARGS)
 
 # Refit the quality gate's model on synthetic clips of tuning seeds -> vidlayer/gate_calibration.json
 calibrate-gate: $(INSTALLED)

@@ -3,10 +3,12 @@
 Runs the default pipeline at its training format (480p, 49 frames at 16 fps) over `vidlayer
 synth` clips, once with one Ray worker and once with two, side by side in one run, and prints
 the figures (also written to bench/out/build.json). Then times what the latest changes cost,
-each against what it replaced, side by side on the same 480p clips: the camera fit that also
-tries the frame's border (against one RANSAC fit), the quality gate's signals (against its
-composite and flicker checks alone), and the exemplar fill of never-seen background (against
-Telea), on a hard synthetic clip whose subject barely moves.
+each against what it replaced, side by side: the camera fit that also tries the frame's border
+(against one RANSAC fit) and the second background plane (against the camera's residual alone)
+on a hard clip with parallax; GrabCut's wider band (the segment stage at 0.065 against 0.05 of
+the short side) on a normal clip; the quality gate's signals (against its composite and flicker
+checks alone) and the exemplar fill of never-seen background (against Telea) on a hard clip
+whose subject barely moves. All 480p, 49 frames.
 
     python bench/bench_build.py [--clips 6] [--seconds 4]
 """
@@ -30,7 +32,8 @@ from vidlayer.clip import Captions, Clip
 from vidlayer.config import load_pipeline
 from vidlayer.evaluation.speed import stage_rates
 from vidlayer.io.manifest import read_manifest
-from vidlayer.motion import correspondences, estimate_motion, fit_camera, ransac_homography, to_full
+from vidlayer.motion import (camera_flow, correspondences, estimate_motion, fit_camera, plane_residual,
+                             ransac_homography, to_full)
 from vidlayer.quality_signals import alpha_flicker, composite_errors, measure
 from vidlayer.synth import render_scene, synthesize
 
@@ -95,27 +98,39 @@ def best_of(function: Callable[[], object], repeats: int = 3) -> float:
     return min(times)
 
 
+def run_stage(setting: str, clip: Clip) -> Callable[[], object]:
+    """A call of the default pipeline's stage that `setting` (stage.param=value) configures, on a copy of `clip`."""
+    stage = load_pipeline("default", [setting]).spec(setting.split(".")[0]).build()
+    return lambda: stage.process(dataclasses.replace(clip, metrics={}))
+
+
 def change_costs(console: Console) -> dict[str, dict[str, float]]:
     """Seconds per 49-frame 480p clip of each change and of what it replaced, measured in turn."""
-    scene = render_scene(100, 2, width=854, height=480, fps=16, seconds=49 / 16, hard=True)  # static subject
+    size = {"width": 854, "height": 480, "fps": 16, "seconds": 49 / 16}
+    scene = render_scene(100, 2, **size, hard=True)  # hard mode "static": a subject that barely moves
     motion = estimate_motion(scene.full)
     clip = Clip(key="k", input_key="k", path="", source="", captions=Captions("c"), frames=scene.full,
                 alphas=scene.alphas, foregrounds=scene.foregrounds, background=scene.background, motion=motion)
+    moving = Clip(key="k", input_key="k", path="", source="", captions=Captions("c"),
+                  frames=render_scene(100, 0, **size).full, fps=16)
+    parallax = estimate_motion(render_scene(100, 1, **size, hard=True).full)
+    camera = camera_flow(parallax)
 
     def one_fit() -> None:
-        for flow in motion.flow:
-            to_full(ransac_homography(*correspondences(flow)[:2]), motion.scale)
-
-    def inpaint(fill: str) -> Callable[[], object]:
-        stage = load_pipeline("default", [f"inpaint.unseen_fill={fill}"]).spec("inpaint").build()
-        return lambda: stage.process(dataclasses.replace(clip, metrics={}))
+        for flow in parallax.flow:
+            to_full(ransac_homography(*correspondences(flow)[:2]), parallax.scale)
 
     pairs = {
-        "camera fit (segment)": (lambda: [fit_camera(f, motion.scale) for f in motion.flow], one_fit),
+        "camera fit (segment)": (lambda: [fit_camera(f, parallax.scale) for f in parallax.flow], one_fit),
+        "second background plane (segment)": (lambda: plane_residual(parallax.flow, camera),
+                                              lambda: parallax.flow - camera),
+        "refine band 0.065 (segment)": (run_stage("segment.refine_band=0.065", moving),
+                                        run_stage("segment.refine_band=0.05", moving)),
         "quality signals (quality)": (lambda: measure(clip), lambda: (
             composite_errors(scene.full, scene.foregrounds, scene.alphas, scene.background),
             alpha_flicker(scene.alphas.sum(axis=0), motion.flow))),
-        "never-seen fill (inpaint)": (inpaint("patchmatch"), inpaint("telea")),
+        "never-seen fill (inpaint)": (run_stage("inpaint.unseen_fill=patchmatch", clip),
+                                      run_stage("inpaint.unseen_fill=telea", clip)),
     }
     costs = {}
     table = Table(title="what the latest changes cost, side by side, s per 49-frame 480p clip")
