@@ -22,13 +22,12 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import spearmanr
 
 from layer_quality import build_open, scored, synth_set
 from vidlayer.config import load_pipeline
+from vidlayer.evaluation.evaluate import finite_mean, rank_correlation
 from vidlayer.evaluation.report import write_report
 from vidlayer.evaluation.speed import stage_rates
 from vidlayer.io.manifest import read_manifest
@@ -86,26 +85,15 @@ def figures(clips: list[dict]) -> dict[str, float | None]:
     judged = [c for c in clips if "confidence" in c]
     result = {
         "clips": len(clips),
-        "J_all_clips": mean([c["J"] if c["written"] else 0.0 for c in clips]),
-        "J_open_gate": mean([c["J"] for c in clips]),
-        "written_mean_J": mean([c["J"] for c in written]),
+        "J_all_clips": finite_mean([c["J"] if c["written"] else 0.0 for c in clips]),
+        "J_open_gate": finite_mean([c["J"] for c in clips]),
+        "written_mean_J": finite_mean([c["J"] for c in written]),
         "share_written": len(written) / len(clips) if clips else None,
-        "spearman_confidence_J": spearman([c["confidence"] for c in judged], [c["J"] for c in judged]),
+        "spearman_confidence_J": rank_correlation([c["confidence"] for c in judged], [c["J"] for c in judged]),
     }
     for name in LAYER_FIGURES:
-        result[name] = mean([c["layers"].get(name) for c in written])
+        result[name] = finite_mean([c["layers"].get(name) for c in written])
     return result
-
-
-def mean(values: list[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    return float(spearmanr(x, y).statistic)
 
 
 def main() -> None:

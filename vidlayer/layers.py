@@ -29,6 +29,11 @@ def recomposite_error(full: np.ndarray, foregrounds: np.ndarray, alphas: np.ndar
                      for t in range(len(full))]) / 255
 
 
+def total_coverage(alphas: np.ndarray) -> np.ndarray:
+    """[...] share of each pixel that the layers [K, ...] cover together: 1 - (1 - a_0) ... (1 - a_(K-1))."""
+    return 1 - np.prod(1 - alphas, axis=0)
+
+
 def visible_coverage(alphas: np.ndarray) -> np.ndarray:
     """[K, ...] share of each pixel that each layer shows with layer 0 on top: a_k (1 - a_0) ... (1 - a_(k-1))."""
     coverage = np.empty_like(alphas)

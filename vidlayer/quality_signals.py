@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 
 from vidlayer.clip import Clip
-from vidlayer.layers import recomposite_error
-from vidlayer.morphology import disk
+from vidlayer.layers import recomposite_error, total_coverage
+from vidlayer.morphology import contour, disk
 from vidlayer.motion import backward_warp, camera_flow, motion_of
 
 NOISE_FLOOR = 0.25  # residual flow, working pixels, always counted as noise (as the segmenter does)
@@ -39,7 +39,7 @@ BORDER = 0.02  # width of the border strip, share of the short side
 def measure(clip: Clip) -> dict[str, float]:
     """Every signal of a clip that has its layers (alphas, foregrounds, background); names are metric keys."""
     full, alphas = clip.frames, clip.alphas
-    coverage = 1 - np.prod(1 - alphas, axis=0)
+    coverage = total_coverage(alphas)
     whole, fg = composite_errors(full, clip.foregrounds, alphas, clip.background)
     motion = motion_of(clip)
     frames = np.unique(np.linspace(0, len(full) - 1, SAMPLED_FRAMES).round().astype(int))
@@ -106,16 +106,11 @@ def motion_signals(coverage: np.ndarray, flow: np.ndarray, camera: np.ndarray) -
             "quality_motion_uncovered": missed / moving if moving else 0.0}
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The mask's one-pixel inner boundary."""
-    return mask & ~(cv2.erode(mask.astype(np.uint8), disk(1)) > 0)
-
-
 def edge_alignment(frames: np.ndarray, masks: np.ndarray) -> float:
     """Share of the mattes' outline (away from the frame's edge) lying on strong colour edges."""
     on_edge, total = 0, 0
     for frame, mask in zip(frames, masks):
-        edge = outline(mask)
+        edge = contour(mask)
         edge[:2], edge[-2:], edge[:, :2], edge[:, -2:] = False, False, False, False
         if not edge.any():
             continue

@@ -12,7 +12,7 @@ union's coverage 1 - prod(1 - a_k), which does not depend on how instances were 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from vidlayer.io.video import decode_video
 from vidlayer.evaluation.metrics import (alpha_errors, boundary_accuracy, composite_error, masked_psnr, masked_ssim,
                                          match_layers, region_similarity)
 from vidlayer.evaluation.truth import Truth, load_truth, truth_folders
+from vidlayer.layers import total_coverage
 
 SUMMARY_METRICS = ("J", "F", "J_instances", "alpha_mse", "alpha_sad", "alpha_gradient", "alpha_dtssd",
                    "bg_psnr_covered", "bg_ssim_covered", "bg_psnr_visible", "bg_ssim_visible", "fg_psnr",
@@ -87,7 +88,7 @@ class Evaluation:
 
     def summary(self) -> dict[str, Any]:
         scored = self.scored
-        means = {name: _mean([r.get(name) for r in scored]) for name in SUMMARY_METRICS}
+        means = {name: finite_mean([r.get(name) for r in scored]) for name in SUMMARY_METRICS}
         clips = {r["clip"] for r in self.rows}
         # Every clip counts: one without a scored sample is a miss (0).
         per_clip = {c: [r for r in scored if r["clip"] == c] for c in clips}
@@ -95,10 +96,10 @@ class Evaluation:
             "clips": len(clips),
             "samples_scored": len(scored),
             "clips_unscored": sorted(c for c, rows in per_clip.items() if not rows),
-            "J_all_clips": _mean([_mean([r["J"] for r in rows]) if rows else 0.0 for rows in per_clip.values()]),
-            "F_all_clips": _mean([_mean([r["F"] for r in rows]) if rows else 0.0 for rows in per_clip.values()]),
+            "J_all_clips": finite_mean([finite_mean([r["J"] for r in rows]) if rows else 0.0 for rows in per_clip.values()]),
+            "F_all_clips": finite_mean([finite_mean([r["F"] for r in rows]) if rows else 0.0 for rows in per_clip.values()]),
             **means,
-            "confidence_vs_J": _rank_correlation([r.get("confidence") for r in scored], [r["J"] for r in scored]),
+            "confidence_vs_J": rank_correlation([r.get("confidence") for r in scored], [r["J"] for r in scored]),
         }
 
 
@@ -153,8 +154,7 @@ def score(pred: Prediction, folder: Path) -> dict[str, Any]:
 
 
 def _layer_scores(pred: Prediction, truth: Truth) -> dict[str, float]:
-    coverage = 1 - np.prod(1 - pred.alphas, axis=0)
-    true_coverage = 1 - np.prod(1 - truth.alphas, axis=0)
+    coverage, true_coverage = total_coverage(pred.alphas), total_coverage(truth.alphas)
     alpha = alpha_errors(coverage, true_coverage)
     covered = true_coverage > 0  # where the background was hidden, at least in part, and had to be inpainted
     pairs = match_layers(pred.alphas > 0.5, truth.masks)
@@ -165,7 +165,7 @@ def _layer_scores(pred: Prediction, truth: Truth) -> dict[str, float]:
         "bg_ssim_covered": masked_ssim(pred.background, truth.background, covered),
         "bg_psnr_visible": masked_psnr(pred.background, truth.background, ~covered),
         "bg_ssim_visible": masked_ssim(pred.background, truth.background, ~covered),
-        "fg_psnr": _mean(fg),
+        "fg_psnr": finite_mean(fg),
     }
 
 
@@ -178,12 +178,13 @@ def _instance_similarity(pred: np.ndarray, truth: np.ndarray) -> float:
                           for t in range(len(truth))]))
 
 
-def _mean(values: list[float | None]) -> float | None:
+def finite_mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are given and finite; None when there are none."""
     finite = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(finite)) if finite else None
 
 
-def _rank_correlation(x: list[float | None], y: list[float]) -> float | None:
+def rank_correlation(x: list[float | None], y: list[float]) -> float | None:
     """Spearman's rho: does a higher confidence (the quality gate's expected J) mean a better J?"""
     pairs = [(a, b) for a, b in zip(x, y) if a is not None]
     if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:

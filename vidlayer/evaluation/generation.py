@@ -46,7 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vidlayer.evaluation.evaluate import Prediction
+from vidlayer.evaluation.evaluate import Prediction, finite_mean
 from vidlayer.evaluation.metrics import composite_error
 from vidlayer.io.shards import read_shard
 from vidlayer.io.video import decode_video
@@ -443,22 +443,17 @@ def score_sample(sample: GeneratedSample) -> dict[str, Any]:
         "objects": objects,
         "background": {"requested": {"texture": bg.texture, "bg_colour": bg.colour, "drift": bg.drift},
                        "measured": measured_bg},
-        **{name: _mean([o[name] for o in objects]) for name in ACCURACIES},
+        **{name: finite_mean([o[name] for o in objects]) for name in ACCURACIES},
         "texture": float(measured_bg["texture"] == bg.texture),
         "bg_colour": float(measured_bg["bg_colour"] == bg.colour),
         "drift": float(measured_bg["drift"] == bg.drift),
         "coherence": composite_error(sample.full, sample.foregrounds, sample.alphas, sample.background),
         "bg_leak": background_leak(sample.background, [o.colour for o in request.objects]),
-        "fg_texture": _mean([foreground_texture(sample.foregrounds[k], sample.alphas[k]) for k in layers]),
-        "alpha_edge_width": _mean([alpha_edge_width(sample.alphas[k]) for k in layers]),
-        "alpha_soft": _mean([alpha_soft(sample.alphas[k], None if truth is None else truth[k]) for k in layers]),
-        "temporal_change": _mean([temporal_change(sample.foregrounds[k], sample.alphas[k]) for k in layers]),
+        "fg_texture": finite_mean([foreground_texture(sample.foregrounds[k], sample.alphas[k]) for k in layers]),
+        "alpha_edge_width": finite_mean([alpha_edge_width(sample.alphas[k]) for k in layers]),
+        "alpha_soft": finite_mean([alpha_soft(sample.alphas[k], None if truth is None else truth[k]) for k in layers]),
+        "temporal_change": finite_mean([temporal_change(sample.foregrounds[k], sample.alphas[k]) for k in layers]),
     }
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
 
 
 @dataclass
@@ -482,9 +477,9 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "samples": len(rows),
         "objects": len(objects),
-        **{f"{name}_accuracy": _mean([o[name] for o in objects]) for name in ACCURACIES},
-        **{f"{name}_accuracy": _mean([r[name] for r in rows]) for name in BACKGROUND_ACCURACIES},
-        **{name: _mean([r[name] for r in rows]) for name in MEANS},
+        **{f"{name}_accuracy": finite_mean([o[name] for o in objects]) for name in ACCURACIES},
+        **{f"{name}_accuracy": finite_mean([r[name] for r in rows]) for name in BACKGROUND_ACCURACIES},
+        **{name: finite_mean([r[name] for r in rows]) for name in MEANS},
     }
 
 

@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
 from vidlayer.layers import recomposite_error
-from vidlayer.morphology import disk
+from vidlayer.morphology import contour, disk
 
 PSNR_CAP = 100.0  # dB for a perfect match: finite, so results stay JSON-safe
 GRADIENT_SIGMA = 1.4  # Rhemann et al.
@@ -47,7 +47,7 @@ def boundary_accuracy(pred: np.ndarray, truth: np.ndarray, tolerance: float = 0.
     near = disk(math.ceil(tolerance * math.hypot(*pred.shape[1:])))
     counts = np.empty((len(pred), 4), np.int64)  # pred contour, its matches, truth contour, its matches
     for t, (p, g) in enumerate(zip(pred, truth)):
-        p_edge, g_edge = _contour(p), _contour(g)
+        p_edge, g_edge = contour(p).astype(np.uint8), contour(g).astype(np.uint8)
         counts[t] = (np.count_nonzero(p_edge), np.count_nonzero(p_edge & cv2.dilate(g_edge, near)),
                      np.count_nonzero(g_edge), np.count_nonzero(g_edge & cv2.dilate(p_edge, near)))
     n_pred, hit_pred, n_truth, hit_truth = counts.T
@@ -56,13 +56,6 @@ def boundary_accuracy(pred: np.ndarray, truth: np.ndarray, tolerance: float = 0.
     f = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(pred)), where=precision + recall > 0)
     # With one contour empty, precision and recall are 0 (nothing matched); both empty is a perfect answer.
     return np.where((n_pred == 0) & (n_truth == 0), 1.0, f)
-
-
-def _contour(mask: np.ndarray) -> np.ndarray:
-    """uint8 one-pixel inner contour: mask pixels with a 4-neighbour outside the mask (the border is not outside)."""
-    mask = mask.astype(np.uint8)
-    # cv2.erode pads with the maximum by default, so the frame's border never erodes the mask.
-    return mask - cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
 
 
 def alpha_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from vidlayer.evaluation.evaluate import SUMMARY_METRICS, Evaluation, Prediction, built_samples, clip_name
 from vidlayer.evaluation.truth import Truth, truth_folders
+from vidlayer.layers import total_coverage
 from vidlayer.render import contact_sheet, grey_to_rgb, save_png
 
 CLIP_COLUMNS = ("J", "F", "J_instances", "alpha_mse", "bg_psnr_covered", "fg_psnr", "composite_error", "confidence")
@@ -64,8 +65,8 @@ def comparison_sheet(pred: Prediction, truth: Truth):
                          for frame, t, p in zip(pred.full, true_union, union)])
     rows = [("truth / predicted", outlined)]
     if truth.has_layers:
-        true_coverage = 1 - np.prod(1 - truth.alphas, axis=0)
-        rows += [("true alpha", grey_to_rgb(true_coverage)), ("alpha", grey_to_rgb(1 - np.prod(1 - pred.alphas, axis=0))),
+        true_coverage = total_coverage(truth.alphas)
+        rows += [("true alpha", grey_to_rgb(true_coverage)), ("alpha", grey_to_rgb(total_coverage(pred.alphas))),
                  ("true background", truth.background), ("background", pred.background)]
     else:
         rows += [("true mask", grey_to_rgb(true_union.astype(np.float32))),
