@@ -15,7 +15,7 @@ PROMPT ?= a red ball bounces across a wooden table in a sunny kitchen
 FG ?= a red ball bouncing
 BG ?= a wooden table in a sunny kitchen
 
-.PHONY: install test demo bench bench-quality bench-inpaint-fill calibrate-gate bench-models bench-model repro-toy train-stage1 train-stage2 train-stage3 sample clean
+.PHONY: install test demo bench bench-scale bench-quality bench-inpaint-fill calibrate-gate bench-models bench-model repro-toy train-stage1 train-stage2 train-stage3 sample clean
 
 # torch is pinned through constraints.txt (a local CPU wheel here); pyproject.toml stays loose.
 # SAM2 goes in without its dependencies: the only torchvision on this registry is a CUDA build that
@@ -46,6 +46,10 @@ demo: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/bench_build.py
+
+# Orchestration at 10K, 50K and 200K inputs (no clip work): driver rate, memory, journal, resume, manifest -> bench/out/scale/
+bench-scale: $(INSTALLED)
+	$(BIN)/python bench/bench_scale.py $(ARGS)
 
 # The default pipeline and its quality gate against ground truth (synth, hard synth, DAVIS, composites) -> bench/out/quality/
 bench-quality: $(INSTALLED)

@@ -3,20 +3,26 @@
 A checkpoint is a folder: tensors (trainable weights, EMA, optimizer moments, RNG states)
 in safetensors, everything else (step, schedule, data position, optimizer hyper-parameters)
 in one JSON. It is written to a temporary folder and renamed, so a kill mid-save leaves
-the previous checkpoint intact.
+the previous checkpoint intact; one damaged later (a full disk, a copy cut short) is skipped
+on resume in favour of the newest good one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .runs import ConfigError
+
+logger = logging.getLogger(__name__)
 TENSORS = "state.safetensors"
 META = "state.json"
 PREFIX = "step-"
@@ -62,8 +68,38 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any]) -> Path:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(p for p in folder.glob(f"{PREFIX}*") if (p / META).exists()) if folder.exists() else []
-    return found[-1] if found else None
+    """The newest checkpoint that can be loaded, None when `folder` holds no checkpoint at all.
+
+    A damaged one is skipped with a warning, so a run falls back to the previous good one instead
+    of crashing; when every one is damaged that is an error, not a silent start from scratch.
+    """
+    found = sorted(folder.glob(f"{PREFIX}*"), reverse=True) if folder.exists() else []
+    newest = ""
+    for path in found:
+        problem = _damage(path)
+        if problem is None:
+            return path
+        logger.warning("skipping checkpoint %s, it cannot be loaded: %s", path, problem)
+        newest = newest or f"{path.name}: {problem}"
+    if found:
+        raise ConfigError(f"no checkpoint in {folder} can be loaded (the newest, {newest}); "
+                          "remove them or train with --no-resume")
+    return None
+
+
+def _damage(path: Path) -> str | None:
+    """Why `load_checkpoint(path)` would fail, or None; reads the JSON and the tensor header, not the tensors.
+
+    A truncated safetensors file no longer covers the byte ranges its header lists, so a cut-short
+    save or copy shows here without reading gigabytes of weights.
+    """
+    try:
+        json.loads((path / META).read_text())
+        with safe_open(path / TENSORS, framework="pt"):
+            pass
+    except (OSError, ValueError, SafetensorError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def load_checkpoint(path: Path) -> tuple[int, dict[str, Any]]:

@@ -18,32 +18,38 @@ dropped captions, as long as the shards, config, worker count and world size are
 With another worker count the loader resumes in the same epoch, having skipped as many
 batches, but not the same ones. Under distributed training every rank has its own position:
 save each rank's state. Samples left in incomplete K groups at an epoch's end are dropped.
+
+Broken samples (unreadable metadata, missing or undecodable layers, layers that do not line
+up) are skipped with a warning and counted by reason in `LayerLoader.skipped`; `max_skipped`
+turns too many of them in one epoch into an error. Shard specs are local paths unless
+`allowed_schemes` names a URL scheme: a data spec alone must not reach the network or run
+a shell command (`pipe:`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 import random
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+from urllib.parse import urlparse
 
-import av
 import torch
 import torch.nn.functional as F
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from vidlayer.io.video import VideoError, decode_video
+from vidlayer.io.shards import SampleError, decode_layers, layer_members, parse_metadata
 
 from .layout import MAX_FOREGROUNDS, Layout
+from .runs import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,8 @@ class DataConfig:
     num_workers: int = 0
     repeat: bool = True
     alpha_only: bool = False  # decode only the mattes (stage 1 trains on nothing else)
+    max_skipped: int | None = 1000  # skips for broken data (DATA_FAULTS) an epoch may have; None: no limit
+    allowed_schemes: tuple[str, ...] = ()  # URL schemes shards may use, e.g. [https]; pipe runs a shell command
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
@@ -92,6 +100,11 @@ class DataConfig:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.foregrounds is not None and not all(1 <= k <= MAX_FOREGROUNDS for k in self.foregrounds):
             raise ValueError(f"foregrounds must be counts in 1..{MAX_FOREGROUNDS}, got {self.foregrounds}")
+        if self.max_skipped is not None and self.max_skipped < 0:
+            raise ValueError(f"max_skipped must not be negative, got {self.max_skipped}")
+        if isinstance(self.allowed_schemes, str) or not all(
+                isinstance(s, str) and s == s.lower() for s in self.allowed_schemes):
+            raise ValueError(f"allowed_schemes must be a list of lower-case URL schemes, got {self.allowed_schemes!r}")
 
 
 @dataclass
@@ -125,11 +138,13 @@ class LayerBatch:
         return len(self.keys)
 
 
-def expand_shards(shards: str | Sequence[str]) -> list[str]:
+def expand_shards(shards: str | Sequence[str], allowed_schemes: Collection[str] = ()) -> list[str]:
     """Shard URLs from paths, brace patterns, folders (their sorted shard-*.tar) or URLs.
 
     A folder without shards is also looked into for `shards/`, so a `vidlayer build` output
-    folder works. URLs (`http://...`, `pipe:...`) pass through unchecked.
+    folder works. A URL (`https://...`, `pipe:...`, schemes as WebDataset reads them) passes
+    only with its scheme in `allowed_schemes`: a data spec, perhaps copied from elsewhere,
+    must not reach the network or run a command unless the user said so.
     """
     patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
     if not patterns:
@@ -138,11 +153,16 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
     for pattern in map(str, patterns):
         found, missing = [], []
         for item in wds.shardlists.expand_urls(pattern):
-            if "://" in item or item.startswith("pipe:"):
+            scheme = urlparse(item).scheme
+            if scheme and scheme not in allowed_schemes:
+                kind = "runs a shell command" if scheme == "pipe" else "is a URL"
+                raise ValueError(f"shard {item!r} {kind} ({scheme}:); only local paths are read unless "
+                                 f"data.allowed_schemes names its scheme, e.g. --set data.allowed_schemes=[{scheme}]")
+            if scheme:
                 found.append(item)
             elif os.path.isdir(item):
                 folder = Path(item)
-                tars = sorted(folder.glob("shard-*.tar")) or sorted(folder.glob("shards/shard-*.tar"))
+                tars = sorted(folder.glob("shard-*.tar")) or sorted(folder.glob("shards/**/shard-*.tar"))
                 found += map(str, tars)
             elif os.path.isfile(item):
                 found.append(item)
@@ -160,6 +180,16 @@ def frame_indices(source_fps: float, fps: float, num_frames: int, start: int = 0
     """Source frame numbers that sample a clip recorded at `source_fps` at `fps`."""
     step = source_fps / fps
     return [start + math.floor(i * step + 1e-6) for i in range(num_frames)]
+
+
+# Skip reasons that mean broken data, as opposed to samples the config leaves out (split,
+# foreground counts, clips too short for num_frames at fps); `max_skipped` counts only these.
+DATA_FAULTS = frozenset({"bad_json", "bad_layers", "missing_member", "decode_error", "mismatched_layers",
+                         "unreadable_shard"})
+
+
+class BrokenDataError(ConfigError):
+    """More broken samples in an epoch than `max_skipped` allows: the data, or the limit, needs fixing."""
 
 
 class _Skip(Exception):
@@ -211,36 +241,41 @@ def _read_header(sample: dict[str, Any], config: DataConfig) -> _Encoded:
     if "json" not in sample:
         raise _Skip("missing_member", "no json member")
     try:
-        meta = json.loads(sample["json"])
+        meta = parse_metadata(sample["json"])
         k = int(meta["num_foregrounds"])
         fps, frames = float(meta["fps"]), int(meta["frames"])
-        if k < 1 or fps <= 0:
+        if k < 1 or not 0 < fps < math.inf:
             raise ValueError(f"num_foregrounds {k}, fps {fps}")
-    except (ValueError, KeyError, TypeError) as e:
-        raise _Skip("bad_json", f"unreadable json ({e!r})") from None
-    if k > config.max_foregrounds:
-        raise _Skip("too_many_foregrounds", warn=False)
-    if config.foregrounds is not None and k not in config.foregrounds:
-        raise _Skip("foregrounds_filtered", warn=False)
-    try:
-        layers, captions = meta["layers"], meta["captions"]
-        names = {"full": layers["full"], "background": layers["background"]}
-        for i in range(k):
-            names[f"fg{i}"], names[f"alpha{i}"] = layers["foreground"][i], layers["alpha"][i]
+        if k > config.max_foregrounds:
+            raise _Skip("too_many_foregrounds", warn=False)
+        if config.foregrounds is not None and k not in config.foregrounds:
+            raise _Skip("foregrounds_filtered", warn=False)
+        # Layer names index the sample: `layer_members` lets through only checked member names.
+        members = layer_members(meta, sample)
+        if len(members) != 2 + 2 * k:
+            raise SampleError("bad_layers", f"{len(members) // 2 - 1} foreground layers, num_foregrounds {k}")
+        captions = meta["captions"]
         foreground = list(captions["foreground"])
         if len(foreground) != k:
             raise ValueError(f"{len(foreground)} foreground captions for {k} foregrounds")
         prompts = [text or "" for text in (captions["full"], captions.get("background"), *foreground)]
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise _Skip("bad_json", f"unreadable layers or captions ({e!r})") from None
-    missing = sorted(member for member in names.values() if member not in sample)
-    if missing:
-        raise _Skip("missing_member", f"no {', '.join(missing)}")
+        if not all(isinstance(text, str) for text in prompts):
+            raise TypeError("captions must be text")
+    except SampleError as e:
+        raise _Skip(e.reason, str(e)) from None
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
+        raise _Skip("bad_json", f"unreadable metadata ({e!r})") from None
     needed = frame_indices(fps, config.fps, config.num_frames)[-1] + 1
     if needed > frames:
         raise _Skip("too_short", f"{frames} frames at {fps:g} fps; {config.num_frames} frames "
                                  f"at {config.fps:g} fps need {needed}")
-    return _Encoded(sample["__key__"], fps, frames, {name: sample[member] for name, member in names.items()}, prompts)
+    return _Encoded(sample["__key__"], fps, frames, {role: sample[name] for role, name in members.items()}, prompts)
+
+
+def _count_skip(skipped: Counter, key: str | None, skip: _Skip) -> None:
+    skipped[skip.reason] += 1
+    if skip.warn:
+        logger.warning("skipping sample %s: %s", key, skip)
 
 
 def _headers(samples: Iterator[dict[str, Any]], config: DataConfig, skipped: Counter) -> Iterator[_Encoded]:
@@ -248,9 +283,7 @@ def _headers(samples: Iterator[dict[str, Any]], config: DataConfig, skipped: Cou
         try:
             yield _read_header(sample, config)
         except _Skip as skip:
-            skipped[skip.reason] += 1
-            if skip.warn:
-                logger.warning("skipping sample %s: %s", sample.get("__key__"), skip)
+            _count_skip(skipped, sample.get("__key__"), skip)
 
 
 def _group_by_foregrounds(samples: Iterator[_Encoded], batch_size: int) -> Iterator[list[_Encoded]]:
@@ -280,18 +313,23 @@ def _crop_box(h: int, w: int, config: DataConfig, rng: random.Random) -> tuple[t
 
 
 def _load_sample(encoded: _Encoded, config: DataConfig, rng: random.Random) -> LayerSample:
-    """Decode, resample in time, resize and crop (one window for all layers: they stay aligned), drop captions."""
+    """Decode, resample in time, resize and crop (one window for all layers: they stay aligned), drop captions.
+
+    Raises `_Skip` for layers that do not decode, differ in frames or size, or end early.
+    """
     span = frame_indices(encoded.fps, config.fps, config.num_frames)[-1] + 1
     start = rng.randint(0, encoded.frames - span) if config.random_crop else (encoded.frames - span) // 2
     indices = frame_indices(encoded.fps, config.fps, config.num_frames, start)
-    # Decoding stops at the last frame used: the rest of the clip is never decoded.
-    frames = {name: decode_video(data, grey=name.startswith("alpha"), max_frames=indices[-1] + 1)
-              for name, data in encoded.members.items() if not config.alpha_only or name.startswith("alpha")}
-    if len({f.shape[1:3] for f in frames.values()}) > 1:
-        raise ValueError(f"layers differ in size: {sorted({f.shape[1:3] for f in frames.values()})}")
-    available = min(len(f) for f in frames.values())
+    wanted = {name: data for name, data in encoded.members.items() if not config.alpha_only or name.startswith("alpha")}
+    try:
+        # Decoding stops at the last frame used: the rest of the clip is never decoded.
+        frames = decode_layers(wanted, max_frames=indices[-1] + 1)
+    except SampleError as e:
+        raise _Skip(e.reason, str(e)) from None
+    available = len(next(iter(frames.values())))
     if indices[-1] >= available:
-        raise ValueError(f"{available} frames decoded, {indices[-1] + 1} needed")
+        raise _Skip("decode_error", f"{available} frames decoded, {indices[-1] + 1} needed "
+                                    f"(the metadata says {encoded.frames})")
     size, top, left = _crop_box(*next(iter(frames.values())).shape[1:3], config, rng)
     videos = {}
     for name, video in frames.items():
@@ -363,9 +401,8 @@ class LayerDataset(IterableDataset):
             for encoded in group:
                 try:
                     samples.append(_load_sample(encoded, self.config, _rng(self.config.seed, self.epoch, encoded.key)))
-                except (VideoError, av.error.FFmpegError, ValueError) as e:
-                    skipped["decode_error"] += 1
-                    logger.warning("skipping sample %s: %s", encoded.key, e)
+                except _Skip as skip:
+                    _count_skip(skipped, encoded.key, skip)
             yield _Item(worker, _collate(samples) if samples else None, Counter(skipped))
             skipped.clear()
         yield _Item(worker, None, skipped, done=True)
@@ -380,7 +417,7 @@ class LayerLoader:
 
     def __init__(self, config: DataConfig):
         self.config = config
-        self.urls = expand_shards(config.shards)
+        self.urls = expand_shards(config.shards, config.allowed_schemes)
         self.epoch = 0
         self.worker_batches = [0] * self.num_streams
         self.skipped: Counter[str] = Counter()
@@ -423,6 +460,7 @@ class LayerLoader:
         """Merge worker streams round-robin by batch count, whatever order their items arrive in."""
         fresh = sum(self.worker_batches) == 0
         delivered = 0
+        broken: Counter[str] = Counter()
         items = self._items()
         pending: list[deque[_Item]] = [deque() for _ in range(self.num_streams)]
         active = set(range(self.num_streams))
@@ -433,6 +471,8 @@ class LayerLoader:
                 pending[item.worker].append(item)
             item = pending[worker].popleft()
             self.skipped.update(item.skipped)
+            broken.update({reason: n for reason, n in item.skipped.items() if reason in DATA_FAULTS})
+            self._check_broken(broken)
             if item.done:
                 active.discard(worker)
                 continue
@@ -443,3 +483,12 @@ class LayerLoader:
         if fresh and not delivered:
             raise ValueError(f"epoch {self.epoch} of {self.config.shards!r} gave no batch of "
                              f"{self.config.batch_size}; skipped samples: {dict(self.skipped)}")
+
+    def _check_broken(self, broken: Counter[str]) -> None:
+        """Stop once an epoch has skipped more broken samples than `max_skipped` allows."""
+        limit = self.config.max_skipped
+        if limit is not None and broken.total() > limit:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in broken.most_common())
+            raise BrokenDataError(f"{broken.total()} skips for broken data in epoch {self.epoch} of "
+                                  f"{self.config.shards!r} ({reasons}), more than data.max_skipped={limit}; "
+                                  f"the warnings above name them: fix or drop them, or raise the limit")

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,7 @@ from vidlayer.config import PipelineError, build_dataclass
 
 from .alpha import alpha_loss, alpha_metrics
 from .checkpoint import latest_checkpoint, load_checkpoint, optimizer_state, restore_optimizer, save_checkpoint
-from .data import DataConfig, LayerBatch, LayerLoader
+from .data import DATA_FAULTS, DataConfig, LayerBatch, LayerLoader
 from .latent_cache import CachedBatch, CachedLoader, cache_latents
 from .flow import flow_matching_loss, sample_tasks, task_mask
 from .plots import plot_loss_curve
@@ -103,6 +104,8 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """What a resumed run must share with the checkpoint: everything but session limits."""
         keep = {k: v for k, v in self.to_dict().items() if k not in ("stop_after", "out")}
+        # Limits on what the loader may read or skip do not change the batches.
+        keep["data"] = {k: v for k, v in keep["data"].items() if k not in ("max_skipped", "allowed_schemes")}
         return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -305,6 +308,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
     bar = tqdm(total=config.optim.max_steps, initial=step, desc=f"{config.stage}", disable=not progress,
                dynamic_ncols=True)
     batches = iter(loader)
+    skipped: Counter[str] = Counter()
     model.train()
     while step < stop:
         batch = next(batches)
@@ -328,11 +332,17 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Pa
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if step % config.log_every == 0 or step == stop:
+            skipped = _skipped(loader)
             log.write(step, {"loss": loss_value, "lr": schedule.get_last_lr()[0],
-                             "grad_norm": float(grad_norm) if grad_norm is not None else None, **metrics})
+                             "grad_norm": float(grad_norm) if grad_norm is not None else None, **metrics,
+                             **{f"skipped/{reason}": n for reason, n in sorted(skipped.items())}})
         if step % config.checkpoint_every == 0 or step == stop:
             resumable.save(out / "checkpoints", step, config.fingerprint())
     bar.close()
+    broken = {reason: n for reason, n in skipped.items() if reason in DATA_FAULTS}
+    if broken and accelerator.is_main_process:
+        logger.warning("%d samples skipped as broken this session (%s); metrics.jsonl has skipped/* by step",
+                       sum(broken.values()), ", ".join(f"{reason} {n}" for reason, n in sorted(broken.items())))
     if step >= config.optim.max_steps:
         _finish(job, ema, params, out, config, accelerator.is_main_process)
     log.close()
@@ -403,6 +413,17 @@ def _training_loader(config: TrainConfig) -> LayerLoader | CachedLoader:
         return LayerLoader(data)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"{e} (build shards with `make demo` or `vidlayer build`)") from None
+
+
+def _skipped(loader: LayerLoader | CachedLoader) -> Counter[str]:
+    """Samples the loaders of all processes left out this session, by reason; cached latents skip none.
+
+    Every process calls this at the same steps: each one reads its own shards.
+    """
+    total: Counter[str] = Counter()
+    for counts in gather_object([dict(loader.skipped) if isinstance(loader, LayerLoader) else {}]):
+        total.update(counts)
+    return total
 
 
 def _finish(job, ema, params, out: Path, config: TrainConfig, is_main_process: bool) -> None:

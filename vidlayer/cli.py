@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vidlayer.config import PipelineError, load_pipeline
@@ -19,10 +21,22 @@ console = Console()
 errors = Console(stderr=True)
 
 
-def fail(message: str) -> typer.Exit:
+def fail(message: str, code: int = 2) -> typer.Exit:
     """One clear line on stderr and a non-zero exit."""
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `1GB`, `500 MB`, `2GiB` or `123456`."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise fail(f"size {text!r}: give a positive number with a unit, e.g. 1GB, 500MB or 2GiB")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
 
 
 @app.command()
@@ -91,20 +105,39 @@ def build(
     executor: Annotated[str, typer.Option(help="ray, or inline (one process, for debugging).")] = "ray",
     input_root: Annotated[Optional[Path], typer.Option(help="Folder that manifest paths are relative to and may not "
                                                        "leave (default: the manifest's folder).")] = None,
+    part: Annotated[Optional[str], typer.Option(help="I/N: build only the inputs of part I of N, so that N drivers "
+                                                "(machines) share one --output; each part resumes on its own.")] = None,
+    shard_size: Annotated[Optional[str], typer.Option(help="Close a shard once it reaches this size, e.g. 1GB or "
+                                                      "500MB (pipeline output.shard_max_bytes).")] = None,
+    shard_samples: Annotated[Optional[int], typer.Option(help="Samples per shard at most (pipeline "
+                                                         "output.shard_max_samples).")] = None,
+    stall_timeout: Annotated[float, typer.Option(help="Seconds without any finished input after which the inputs "
+                                                 "still out are failed (reason timeout) and the build ends.")] = 1800.0,
 ) -> None:
     """Turn raw caption-video pairs into layered WebDataset shards. Re-run the same command to resume."""
-    from vidlayer.build import BuildError
+    from vidlayer.build import BuildError, Part
     from vidlayer.build import build as run_build
     from vidlayer.io.inputs import InputError
 
     if workers < 1:
         raise fail("--workers must be at least 1")
+    if stall_timeout <= 0:
+        raise fail("--stall-timeout must be positive")
+    overrides = list(set_ or [])
+    if shard_size is not None:
+        overrides.append(f"output.shard_max_bytes={parse_size(shard_size)}")
+    if shard_samples is not None:
+        overrides.append(f"output.shard_max_samples={shard_samples}")
     try:
-        spec = load_pipeline(pipeline, set_ or [])
+        spec = load_pipeline(pipeline, overrides)
         summary = run_build(input, output, spec, workers=workers, executor=executor, ray_address=ray_address,
-                            input_root=input_root, console=errors)
+                            input_root=input_root, console=errors, part=Part.parse(part) if part else None,
+                            stall_timeout=stall_timeout)
     except (PipelineError, InputError, BuildError) as e:
         raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; what finished is committed in {output}: re-run the same command to resume",
+                   code=130) from None
     table = Table(title=f"build of {summary.output}", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -129,30 +162,44 @@ def inspect(
     sample: Annotated[Optional[str], typer.Option(help="Sample key to render (default: the first).")] = None,
     render: Annotated[Optional[Path], typer.Option(help="Write a contact sheet PNG of the sample here.")] = None,
     columns: Annotated[int, typer.Option(help="Frames across time in the contact sheet.")] = 8,
+    limit: Annotated[int, typer.Option(help="Samples listed; the rest are counted, not shown.")] = 50,
 ) -> None:
     """Show what is inside a shard: a table of its samples, and a contact sheet of one of them."""
     import tarfile
 
-    from vidlayer.inspector import describe, find_sample, load_samples, render_sample, samples_table
-    from vidlayer.io.shards import UnsafeTarError
+    from rich.markup import escape
 
+    from vidlayer.inspector import describe, list_samples, load_sample, render_sample, samples_table
+
+    unreadable = (tarfile.TarError, ValueError, OSError)  # ValueError: UnsafeTarError, SampleError
+    if limit < 1 or columns < 1:
+        raise fail("--limit and --columns must be at least 1")
+    if shard.is_dir():
+        raise fail(escape(f"{shard} is a folder; give one of the shard-NNNNNN.tar files in it"))
     try:
-        samples = load_samples(shard)
+        listing = list_samples(shard, limit)
     except FileNotFoundError:
-        raise fail(f"{shard} does not exist") from None
-    except (tarfile.TarError, UnsafeTarError, ValueError) as e:
-        raise fail(f"cannot read {shard}: {e}") from None
+        raise fail(escape(f"{shard} does not exist")) from None
+    except unreadable as e:
+        raise fail(escape(f"cannot read {shard}: {e}")) from None
     if as_json:
-        console.print_json(json.dumps([describe(s) for s in samples]))
+        console.print_json(json.dumps([describe(s) for s in listing.samples]))
     else:
-        console.print(samples_table(samples, title=f"{shard} ({len(samples)} samples)", width=console.width))
-    if render is not None or sample is not None:
-        try:
-            chosen = find_sample(samples, sample)
-        except KeyError as e:
-            raise fail(e.args[0]) from None
-        path = render_sample(chosen, render or Path(f"{chosen['__key__']}.png"), columns=columns)
-        console.print(f"contact sheet of {chosen['__key__']}: [bold]{path}[/]")
+        console.print(samples_table(listing.samples, title=f"{shard} ({listing.total} samples)", width=console.width))
+    if listing.hidden:
+        errors.print(f"{listing.hidden} more not shown (raise --limit to list them)", highlight=False)
+    if render is None and sample is None:
+        return
+    if not listing.samples:
+        raise fail("the shard holds no samples")
+    key = sample if sample is not None else listing.samples[0]["__key__"]
+    try:
+        path = render_sample(load_sample(shard, key), render or Path(f"{Path(key).name}.png"), columns=columns)
+    except KeyError as e:
+        raise fail(escape(e.args[0])) from None
+    except unreadable as e:  # also layers that are not named, do not decode or do not align
+        raise fail(escape(f"cannot render {key!r}: {e}")) from None
+    console.print(f"contact sheet of {escape(repr(key))}: [bold]{escape(str(path))}[/]", highlight=False)
 
 
 @app.command("eval")

@@ -30,6 +30,7 @@ class InputItem:
     caption: str | None = None
     fg_captions: tuple[str, ...] = ()
     bg_caption: str | None = None
+    size: int | None = None  # bytes on disk when discovered; a resumed build checks it is the same file
     # Set when the input is unusable before any video is opened (bad caption file, bad path).
     reject_reason: str | None = None
     reject_message: str | None = None

@@ -7,9 +7,11 @@ process boundaries only where resources change, e.g. between CPU stages and a GP
 each chain becomes a Ray Data actor pool, which gives streaming back-pressure between them:
 `workers` actors for CPU chains, and for GPU chains as many as the cluster's GPUs hold (on a
 cluster without GPUs, the model stages run on CPU actors). Stage errors never escape a chain: a
-clip that raises becomes a failed outcome. A worker process that dies (segfault, out of memory)
-loses the tasks it held; the Ray executor notices the missing inputs and retries them once
-before giving up on them as failed.
+clip that raises becomes a failed outcome. A worker process that dies (segfault, out of memory,
+its node lost) loses the tasks it held; the Ray executor notices the missing inputs and retries
+them once before giving up on them as failed. A worker that hangs (stopped, deadlocked) is met by
+the stall timeout: when no input finishes for that long, the inputs still out are failed with
+reason `timeout`, so that the build ends and commits what it has.
 """
 
 from __future__ import annotations
@@ -19,17 +21,27 @@ import logging
 import os
 import pickle
 import sys
+import threading
 import time
 import traceback
+import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
+from queue import Empty, Queue
 
 from vidlayer.clip import Captions, Clip, Drop, InputItem, Outcome, Status
 from vidlayer.config import Pipeline, StageSpec
 from vidlayer.stages.base import Resources
 
 log = logging.getLogger(__name__)
+
+MAX_BLOCK_ROWS = 256
+BLOCKS_PER_ACTOR = 16
+DEFAULT_STALL_TIMEOUT = 1800.0  # seconds without any finished input before the inputs still out are given up
+STARTUP_ALLOWANCE = 600.0  # seconds the first finished input may take at least
+WIND_DOWN_SECONDS = 60.0  # after killing hung workers, how long the run may take to end
 
 
 @dataclass
@@ -165,11 +177,59 @@ class InlineExecutor:
         pass
 
 
+class _Stalled(Exception):
+    """Nothing came out of the workers for longer than the stall timeout."""
+
+
+class _Results:
+    """The results of one Ray Data run, pulled by a helper thread so that waiting for the next one
+    can time out."""
+
+    def __init__(self, results: Iterator[Task]):
+        self.queue: Queue = Queue(maxsize=64)
+        threading.Thread(target=self._pull, args=(results,), daemon=True, name="ray-data-results").start()
+
+    def _pull(self, results: Iterator[Task]) -> None:
+        try:
+            for result in results:
+                self.queue.put(result)
+        except BaseException as error:  # handed to the consumer, which raises it
+            self.queue.put(error)
+        self.queue.put(None)
+
+    def next(self, timeout: float) -> Task | None:
+        """The next finished task, or None at the end; raises _Stalled after `timeout` seconds."""
+        try:
+            result = self.queue.get(timeout=timeout)
+        except Empty:
+            raise _Stalled from None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+class WorkerRegistry:
+    """A Ray actor that holds the handles of the chain workers, so that hung ones can be killed."""
+
+    def __init__(self) -> None:
+        self.workers: list = []
+
+    def add(self, worker: Any) -> None:
+        self.workers.append(worker)
+
+    def all(self) -> list:
+        return self.workers
+
+
 class ChainWorker:
     """A Ray Data actor: one StageChain, fed a batch of pickled tasks at a time."""
 
-    def __init__(self, specs: list[StageSpec], final: bool):
+    def __init__(self, specs: list[StageSpec], final: bool, registry: str | None = None):
         self.chain = StageChain(specs, final)
+        if registry:
+            import ray
+
+            ray.get_actor(registry).add.remote(ray.get_runtime_context().current_actor)
 
     def __call__(self, batch: dict) -> dict:
         tasks = self.chain([pickle.loads(blob) for blob in batch["task"]])
@@ -179,11 +239,13 @@ class ChainWorker:
 class RayExecutor:
     """Runs the stage groups as Ray Data actor pools on a local Ray or an existing cluster."""
 
-    def __init__(self, pipeline: Pipeline, workers: int, address: str | None = None, attempts: int = 2):
+    def __init__(self, pipeline: Pipeline, workers: int, address: str | None = None, attempts: int = 2,
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT):
         import ray
 
         self.workers = workers
         self.attempts = attempts
+        self.stall_timeout = stall_timeout
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
             # Ray's C++ core logs routine notices as errors on the console; its log files keep them.
@@ -192,9 +254,10 @@ class RayExecutor:
             if address:
                 ray.init(address=address, **options)
             else:
-                # A local Ray gets room for every requested worker, even beyond the core count.
+                # A local Ray gets room for every requested worker, even beyond the core count. "local":
+                # a new one, even where another Ray runs on this machine (ray.init would join that).
                 needed = max(s.resources.cpus for s in pipeline.stages) * workers
-                ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), **options)
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), **options)
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         self.groups = stage_groups(on_cpu(pipeline.stages) if gpus == 0 else pipeline.stages)
         # Every GPU chain gets the same number of actors, as many sets as the cluster's GPUs hold.
@@ -205,6 +268,8 @@ class RayExecutor:
                              "lower their resources.gpus (fractions share a GPU)")
         self.gpu_sets = max(1, int(gpus / per_set + 1e-6)) if per_set else 0
         self.pool_sizes = {spec.stage: self.pool_size(group) for group in self.groups for spec in group}
+        self.registry_name = f"vidlayer-workers-{uuid.uuid4().hex[:12]}"
+        self.registry = ray.remote(num_cpus=0)(WorkerRegistry).options(name=self.registry_name).remote()
         import ray.data
 
         # Lost blocks are the driver's business (it retries them), not console errors.
@@ -217,26 +282,64 @@ class RayExecutor:
         """CPU chains get `workers` actors each; GPU chains one per set of GPU shares the cluster holds."""
         return self.gpu_sets if group_resources(group).gpus else self.workers
 
+    def block_rows(self, tasks: int) -> int:
+        """Inputs per Ray Data block. A block is the unit of scheduling and of loss: a worker that dies
+        loses its block (a retry runs one input per block). One input per block balances a
+        small build best, but each block costs the driver scheduling work, so a large build gets
+        bigger blocks, while every actor still has BLOCKS_PER_ACTOR of them to draw from."""
+        return max(1, min(MAX_BLOCK_ROWS, tasks // (self.workers * BLOCKS_PER_ACTOR)))
+
     def run(self, tasks: Iterable[Task]) -> Iterator[Task]:
         pending = {t.item.key: t for t in tasks}
         for attempt in range(1, self.attempts + 1):
             if not pending:
                 return
-            for task in self._run_once(list(pending.values())):
-                pending.pop(task.item.key, None)
-                yield task
+            tasks = list(pending.values())
+            results = _Results(self._run_once(tasks, self.block_rows(len(tasks)) if attempt == 1 else 1))
+            try:
+                wait = max(self.stall_timeout, STARTUP_ALLOWANCE)  # the first result: workers start, models load
+                while (task := results.next(wait)) is not None:
+                    wait = self.stall_timeout
+                    pending.pop(task.item.key, None)
+                    yield task
+            except _Stalled:
+                # A hung worker (stopped, deadlocked) holds its inputs and its slot. Killing the workers
+                # turns what they held into lost blocks, and the run winds down; those inputs are given
+                # up, so that the build ends and commits what it has.
+                self._kill_workers()
+                try:
+                    while (task := results.next(WIND_DOWN_SECONDS)) is not None:
+                        pending.pop(task.item.key, None)
+                        yield task
+                except _Stalled:
+                    log.warning("Ray Data did not wind down after its workers were killed")
+                message = (f"no input finished for {self.stall_timeout:g} s while this one was out "
+                           "(a worker hung); raise --stall-timeout if clips take that long")
+                yield from self._give_up(pending.values(), "timeout", message)
+                return
             if pending:
                 log.warning("%d input(s) were lost with a worker (attempt %d of %d)", len(pending), attempt, self.attempts)
-        for task in pending.values():
-            message = f"the worker process died {self.attempts} times while processing it (crash or out of memory)"
-            task.outcomes.append(Outcome(task.item.key, Status.FAILED, "worker", "worker_lost", message))
+        message = f"the worker process died {self.attempts} times while processing it (crash or out of memory)"
+        yield from self._give_up(pending.values(), "worker_lost", message)
+
+    def _kill_workers(self) -> None:
+        import ray
+
+        for worker in ray.get(self.registry.all.remote(), timeout=WIND_DOWN_SECONDS):
+            ray.kill(worker, no_restart=True)
+
+    @staticmethod
+    def _give_up(tasks: Iterable[Task], reason: str, message: str) -> Iterator[Task]:
+        for task in tasks:
+            task.outcomes.append(Outcome(task.item.key, Status.FAILED, "worker", reason, message))
             task.clips = []
             yield task
 
-    def _run_once(self, tasks: list[Task]) -> Iterator[Task]:
+    def _run_once(self, tasks: list[Task], block_rows: int) -> Iterator[Task]:
         import ray.data
 
-        ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+        ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks],
+                                 override_num_blocks=-(-len(tasks) // block_rows))
         for i, group in enumerate(self.groups):
             resources = group_resources(group)
             actors = min(self.pool_size(group), len(tasks))
@@ -247,7 +350,8 @@ class RayExecutor:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 ds = ds.map_batches(
                     ChainWorker,
-                    fn_constructor_kwargs={"specs": group, "final": i == len(self.groups) - 1},
+                    fn_constructor_kwargs={"specs": group, "final": i == len(self.groups) - 1,
+                                           "registry": self.registry_name},
                     batch_size=batch_size,
                     # One batch per actor at a time: queued behind a busy actor, a batch would wait
                     # while another actor of the pool sits idle (a 4-clip build ran on one of two).

@@ -1,7 +1,11 @@
+import logging
+
+import pytest
 import torch
 
 from layert2v.checkpoint import (latest_checkpoint, load_checkpoint, optimizer_state, restore_optimizer,
                                  save_checkpoint)
+from layert2v.runs import ConfigError
 
 
 def test_nested_state_round_trips_through_safetensors_and_json(tmp_path):
@@ -23,6 +27,30 @@ def test_latest_ignores_unfinished_saves(tmp_path):
     (tmp_path / "step-0000030").mkdir()  # no state.json: never completed
     assert latest_checkpoint(tmp_path).name == "step-0000010"
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: truncate(p / "state.safetensors"), "not fully covered"),
+    (lambda p: (p / "state.safetensors").unlink(), "FileNotFoundError"),
+    (lambda p: (p / "state.json").write_text('{"step": 10, "sta'), "JSONDecodeError"),
+])
+def test_latest_skips_a_damaged_checkpoint_with_a_warning(tmp_path, caplog, damage, reason):
+    save_checkpoint(tmp_path, 2, {"x": torch.zeros(100)})
+    damage(save_checkpoint(tmp_path, 10, {"x": torch.ones(100)}))
+    with caplog.at_level(logging.WARNING, logger="layert2v.checkpoint"):
+        assert latest_checkpoint(tmp_path).name == "step-0000002"
+    [record] = caplog.records
+    assert "step-0000010" in record.getMessage() and reason in record.getMessage()
+
+
+def test_latest_refuses_when_every_checkpoint_is_damaged(tmp_path):
+    (save_checkpoint(tmp_path, 2, {"x": torch.zeros(100)}) / "state.json").write_text("")
+    with pytest.raises(ConfigError, match="no checkpoint in .* step-0000002: JSONDecodeError"):
+        latest_checkpoint(tmp_path)
 
 
 def test_optimizer_state_resumes_identically(tmp_path):

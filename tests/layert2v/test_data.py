@@ -1,15 +1,19 @@
+import io
 import logging
 from collections import Counter
 from functools import partial
 from itertools import islice
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
-from layert2v.data import DataConfig, LayerLoader, expand_shards, frame_indices
+from layert2v.data import BrokenDataError, DataConfig, LayerLoader, expand_shards, frame_indices
+from layert2v.runs import ConfigError
+from layert2v.train import _skipped
 from vidlayer.io.shards import read_shard
 from vidlayer.io.video import encode_video
 from vidlayer.stages.write import layer_names
@@ -168,6 +172,117 @@ def test_sample_that_fails_to_decode_leaves_a_short_batch(tmp_path):
     assert loader.skipped == {"decode_error": 1}
 
 
+def _audio_only() -> bytes:
+    """A valid media file without a video stream."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def _edit_json(**changes):
+    return lambda sample: sample["json"].update(changes)
+
+
+def _edit_layers(**changes):
+    return lambda sample: sample["json"]["layers"].update(changes)
+
+
+def _edit_members(**members):
+    return lambda sample: sample.update(members)
+
+
+SHORT = make_sample("short", 1, frames=5)
+# How a sample breaks -> the reason it is counted under. The header is read before any decoding.
+BROKEN = {
+    "metadata not JSON": (_edit_members(json=b"not json"), "bad_json"),
+    "metadata a list": (_edit_members(json=b"[1, 2]"), "bad_json"),
+    "metadata nested too deep": (_edit_members(json=b"[" * 100_000 + b"]" * 100_000), "bad_json"),
+    "fps not a number": (_edit_json(fps=float("nan")), "bad_json"),
+    "caption not text": (lambda s: s["json"]["captions"].update(full=5), "bad_json"),
+    "layer named __key__": (_edit_layers(full="__key__"), "bad_layers"),
+    "layers listed for another count": (_edit_layers(foreground=["fg.mp4", "fg.mp4"], alpha=["alpha.mp4"] * 2),
+                                        "bad_layers"),
+    "layer member missing": (lambda s: s.pop("alpha.mp4"), "missing_member"),
+    "video that does not decode": (_edit_members(**{"full.mp4": b"not a video"}), "decode_error"),
+    "member without a video stream": (_edit_members(**{"fg.mp4": _audio_only()}), "decode_error"),
+    "layers of different lengths": (_edit_members(**{"bg.mp4": SHORT["bg.mp4"]}), "mismatched_layers"),
+    "layers of different sizes": (_edit_members(**{"bg.mp4": encode_video(_rgb(np.zeros(FRAMES)).repeat(2, axis=1),
+                                                                          16.0, preset="ultrafast")}),
+                                  "mismatched_layers"),
+    "videos shorter than the metadata says": (_edit_members(**{n: v for n, v in SHORT.items() if n.endswith(".mp4")}),
+                                              "decode_error"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_broken_samples_are_skipped_counted_and_named(tmp_path, caplog, case):
+    breaks, reason = BROKEN[case]
+    broken = make_sample("broken", 1)
+    breaks(broken)
+    path = write_shard(tmp_path / "shard-000000.tar", [make_sample(key, 1) for key in "abc"] + [broken])
+    loader = LayerLoader(config(path, shuffle_buffer=0))
+    with caplog.at_level(logging.WARNING):
+        keys = [key for batch in loader for key in batch.keys]
+    assert keys and "broken" not in keys
+    assert loader.skipped == {reason: 1}
+    assert "skipping sample broken" in caplog.text
+
+
+def test_a_layer_name_never_sends_the_key_to_the_decoder(tmp_path):
+    # The key is any text, here the path of a video (it could be a URL): a layer named
+    # `__key__` would have FFmpeg open it, reading a local file or making a request.
+    secret = tmp_path / "secret"
+    secret.write_bytes(make_sample("x", 1)["full.mp4"])
+    crafted = make_sample(str(secret), 1)
+    crafted["json"]["layers"]["full"] = "__key__"
+    del crafted["full.mp4"]
+    path = write_shard(tmp_path / "shard-000000.tar", [crafted, make_sample("a", 1), make_sample("b", 1)])
+    loader = LayerLoader(config(path, shuffle_buffer=0))
+    assert [batch.keys for batch in loader] == [["a", "b"]]
+    assert loader.skipped == {"bad_layers": 1}
+
+
+def test_too_many_broken_samples_stop_the_loader_naming_the_reasons(tmp_path, stills):
+    broken = [{**make_sample(f"bad{i}", 1), "json": b"not json"} for i in range(2)]
+    broken.append({**make_sample("corrupt", 1), "full.mp4": b"not a video"})
+    path = write_shard(tmp_path / "shard-000000.tar", [make_sample(f"good{i}", 1) for i in range(4)] + broken)
+    with pytest.raises(BrokenDataError, match=r"3 skips for broken data in epoch 0 .*\(bad_json 2, "
+                                              r"decode_error 1\), more than data.max_skipped=2") as caught:
+        list(LayerLoader(config(path, max_skipped=2)))
+    assert isinstance(caught.value, ConfigError)  # `vidlayer train` prints it as one line
+    loader = LayerLoader(config(path, max_skipped=3))
+    assert list(loader) and loader.skipped == {"bad_json": 2, "decode_error": 1}
+    # Samples the config leaves out are not broken.
+    assert list(LayerLoader(config(stills, num_frames=1, foregrounds=[1], max_skipped=0)))
+
+
+def test_training_reports_what_its_loader_skipped(tmp_path):
+    broken = {**make_sample("corrupt", 1), "full.mp4": b"not a video"}
+    loader = LayerLoader(config(write_shard(tmp_path / "shard-000000.tar", [make_sample("a", 1), broken])))
+    list(loader)
+    assert _skipped(loader) == {"decode_error": 1}
+
+
+@pytest.mark.parametrize("spec, kind", [
+    ("https://host/shard-{000000..000001}.tar", "is a URL"),
+    ("s3://bucket/shard-000000.tar", "is a URL"),
+    ("file:///data/shard-000000.tar", "is a URL"),
+    ("pipe:false", "runs a shell command"),
+])
+def test_urls_are_followed_only_when_their_scheme_is_allowed(spec, kind):
+    scheme = spec.partition(":")[0]
+    with pytest.raises(ValueError, match=rf"{kind} \({scheme}:\).*--set data.allowed_schemes=\[{scheme}\]"):
+        LayerLoader(config(spec))
+    with pytest.raises(ValueError, match=kind):
+        expand_shards(spec, ["http"])  # another scheme is no help
+    assert expand_shards(spec, [scheme])[0].startswith(f"{scheme}:")
+
+
 def test_caption_dropout_blanks_whole_samples_at_the_set_rate(shards, tmp_path):
     stills = write_shard(tmp_path / "shard-000000.tar", [make_sample(f"still{i}", 1, frames=1) for i in range(24)])
     loader = LayerLoader(config(stills, caption_dropout=0.3, num_frames=1, repeat=True, batch_size=8))
@@ -184,14 +299,14 @@ def test_shard_sources(shards, tmp_path):
     listed = [str(shards / "shard-000000.tar"), str(shards / "shard-000001.tar")]
     assert expand_shards(f"{shards}/shard-{{000000..000001}}.tar") == listed
     assert expand_shards(shards) == expand_shards(shards.parent) == expand_shards(listed) == listed
-    assert expand_shards("https://host/shard-{000000..000002}.tar")[2] == "https://host/shard-000002.tar"
+    assert expand_shards("https://host/shard-{000000..000002}.tar", ["https"])[2] == "https://host/shard-000002.tar"
     with pytest.raises(ValueError, match="nowhere/shard-"):
         LayerLoader(config(tmp_path / "nowhere/shard-{000000..000003}.tar"))
     with pytest.raises(ValueError, match="do not exist"):
         expand_shards(f"{shards}/shard-{{000000..000002}}.tar")
     with pytest.raises(ValueError, match="no shards found"):
         expand_shards(tmp_path)
-    piped = LayerLoader(config(f"pipe:cat {listed[1]}", shuffle_buffer=0))
+    piped = LayerLoader(config(f"pipe:cat {listed[1]}", shuffle_buffer=0, allowed_schemes=["pipe"]))
     assert [batch.keys for batch in piped] == [["s1-00-k2", "s1-02-k2"], ["s1-01-k1", "s1-03-k1"]]
 
 
@@ -239,7 +354,8 @@ def test_reads_a_vidlayer_build(inline_build):
 
 
 @pytest.mark.parametrize("bad", [{"num_frames": 16}, {"caption_dropout": 1.5}, {"max_foregrounds": 9},
-                                 {"foregrounds": [0]}, {"batch_size": 0}, {"split": "val"}])
+                                 {"foregrounds": [0]}, {"batch_size": 0}, {"split": "val"}, {"max_skipped": -1},
+                                 {"allowed_schemes": "https"}, {"allowed_schemes": ["HTTPS"]}])
 def test_config_is_validated(bad):
     with pytest.raises(ValueError):
         DataConfig(**{**dict(shards="x", height=8, width=8, batch_size=1), **bad})

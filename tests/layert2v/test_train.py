@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from layert2v.checkpoint import latest_checkpoint, load_checkpoint
 from layert2v.pipeline import LayerPrompts, LayerT2VPipeline
 from layert2v.runs import ConfigError
-from layert2v.train import LayerLearning, load_config, train
+from layert2v.train import LayerLearning, Resumable, load_config, train
 from vidlayer.cli import app
 
 CONFIGS = Path(__file__).parents[2] / "model" / "configs"
@@ -128,6 +128,26 @@ def test_resume_continues_from_the_same_step_and_data_position(shards, runs, tmp
     # The tiny preset fine-tunes the whole transformer; the sampler loads that export too.
     assert (Path(json.loads((resumed / "run.json").read_text())["transformer"]) / "config.json").exists()
     assert LayerT2VPipeline.from_run(resumed).transformer.layer_modulation.abs().sum() > 0
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint(shards, tmp_path, caplog, monkeypatch):
+    run = train(config(1, shards, tmp_path / "run"), progress=False)
+    losses = [m["loss"] for m in read_metrics(run)]
+    weights = run / "checkpoints" / "step-0000004" / "state.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a save cut short by a full disk
+    restored, restore = [], Resumable.restore
+
+    def spy(self, checkpoint, fingerprint):
+        restored.append(checkpoint.name)
+        return restore(self, checkpoint, fingerprint)
+
+    monkeypatch.setattr(Resumable, "restore", spy)
+    with caplog.at_level("WARNING", logger="layert2v.checkpoint"):
+        train(config(1, shards, tmp_path / "run"), progress=False)
+    assert restored == ["step-0000002"]
+    assert any("step-0000004" in r.getMessage() and "SafetensorError" in r.getMessage() for r in caplog.records)
+    assert [m["loss"] for m in read_metrics(run)] == pytest.approx(losses, rel=1e-5)
+    assert load_checkpoint(latest_checkpoint(run / "checkpoints"))[0] == 4  # written whole again
 
 
 def test_stage2_trains_from_a_latent_cache(shards, runs, tmp_path):

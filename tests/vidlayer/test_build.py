@@ -118,9 +118,31 @@ def test_a_folder_in_use_is_refused(raw, tmp_path, small):
             build(raw, tmp_path / "out", pipeline, executor="inline")
 
 
-def test_resuming_with_another_pipeline_is_refused(raw, inline_build, small):
-    with pytest.raises(BuildError, match="was built with pipeline"):
+def test_resuming_with_another_pipeline_is_refused_naming_the_setting(raw, inline_build, small):
+    with pytest.raises(BuildError, match=r"was built with pipeline .*\(window\.fps: 16\.0 -> 12\.0\)"):
         build(raw, inline_build[0], load_pipeline("default", [*small, "window.fps=12"]), executor="inline")
+
+
+def test_other_videos_with_the_names_of_finished_inputs_are_refused_not_skipped(raw, inline_build, tmp_path, small):
+    other = tmp_path / "other"
+    shutil.copytree(raw, other)
+    video = sorted(other.glob("*.mp4"))[0]
+    video.write_bytes(video.read_bytes() + b"\0" * 100)  # another file under the same name
+    with pytest.raises(BuildError, match=rf"1 input\(s\) have the names of inputs .* \(e\.g\. {video.name}: \d+ bytes then"):
+        build(other, inline_build[0], load_pipeline("default", small), executor="inline")
+
+
+def test_an_output_that_is_not_a_folder_and_an_empty_input_are_refused_clearly(raw, tmp_path, small):
+    pipeline = load_pipeline("default", small)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BuildError, match="is a file, not a folder"):
+        build(raw, tmp_path / "file", pipeline, executor="inline")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(BuildError, match="is a link to nothing"):
+        build(raw, tmp_path / "dangling", pipeline, executor="inline")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BuildError, match="holds no videos"):
+        build(tmp_path / "empty", tmp_path / "out", pipeline, executor="inline")
 
 
 def bad_input_corpus(folder: Path, good: Path) -> dict[str, str | None]:
@@ -210,3 +232,27 @@ def test_a_worker_crash_fails_only_its_input(raw, tmp_path, monkeypatch, small):
     assert (rows["poison.mp4"]["status"], rows["poison.mp4"]["reason"]) == ("failed", "worker_lost")
     assert all(r["status"] != "failed" for name, r in rows.items() if name != "poison.mp4")
     assert summary.inputs["failed"] == 1 and len(rows) == 3
+
+
+def test_rows_without_a_shard_wait_for_a_group_commit_and_a_shards_rows_do_not(tmp_path, small, monkeypatch):
+    """Inputs that wrote nothing share one journal write (and fsync); a shard's rows go at once."""
+    import vidlayer.build as build_module
+
+    monkeypatch.setattr(build_module, "GROUP_COMMIT_SECONDS", 3600.0)
+    monkeypatch.setattr(build_module, "GROUP_COMMIT_ROWS", 3)
+
+    def row(key: str) -> dict:
+        return {"kind": "input", "input_key": key, "key": key, "status": "dropped"}
+
+    with OutputFolder(tmp_path / "out", load_pipeline("default", small)) as folder:
+        journaled = lambda: [r["key"] for c in folder.journal.read()[1] for r in c.rows]  # noqa: E731
+        folder.commit([row("a")])
+        folder.commit([row("b")])
+        assert journaled() == [] and set(folder.done_inputs) == {"a", "b"}
+        folder.commit([row("c")])
+        assert journaled() == ["a", "b", "c"]
+        folder.commit([row("d")])
+        folder.commit([row("e")], "shards/shard-000000.tar")
+        assert journaled() == ["a", "b", "c", "d", "e"]
+        folder.commit([row("f")])
+    assert journaled() == ["a", "b", "c", "d", "e", "f"], "closing the folder flushes what waits"

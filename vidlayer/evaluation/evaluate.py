@@ -21,9 +21,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from vidlayer.build import SHARDS_DIR
-from vidlayer.io.manifest import read_manifest
-from vidlayer.io.shards import read_shard
-from vidlayer.io.video import decode_video
+from vidlayer.io.manifest import manifest_files, read_manifest
+from vidlayer.io.shards import decode_layers, layer_members, read_shard
 from vidlayer.evaluation.metrics import (alpha_errors, boundary_accuracy, composite_error, masked_psnr, masked_ssim,
                                          match_layers, region_similarity)
 from vidlayer.evaluation.truth import Truth, load_truth, truth_folders
@@ -48,14 +47,11 @@ class Prediction:
     @classmethod
     def from_sample(cls, sample: dict[str, Any]) -> Prediction:
         meta = sample["json"]
-        layers = meta["layers"]
-        full = decode_video(sample[layers["full"]])
-        alphas = [decode_video(sample[name], grey=True).astype(np.float32) / 255 for name in layers["alpha"]]
-        foregrounds = [decode_video(sample[name]) for name in layers["foreground"]]
-        empty = (0, *full.shape[:3])
-        return cls(sample["__key__"], meta, full, decode_video(sample[layers["background"]]),
-                   np.stack(foregrounds) if foregrounds else np.zeros((*empty, 3), np.uint8),
-                   np.stack(alphas) if alphas else np.zeros(empty, np.float32))
+        videos = decode_layers({role: sample[member] for role, member in layer_members(meta, sample).items()})
+        k = len(meta["layers"]["foreground"])
+        return cls(sample["__key__"], meta, videos["full"], videos["background"],
+                   np.stack([videos[f"fg{i}"] for i in range(k)]),
+                   np.stack([videos[f"alpha{i}"].astype(np.float32) / 255 for i in range(k)]))
 
     def truth(self, folder: Path) -> Truth:
         """The ground truth in `folder` at this sample's source frames and size."""
@@ -72,7 +68,7 @@ def clip_name(meta: dict[str, Any]) -> str:
 
 def built_samples(pred_dir: str | Path) -> Iterator[dict[str, Any]]:
     """Every sample in a build's shards, undecoded."""
-    for shard in sorted((Path(pred_dir) / SHARDS_DIR).glob("shard-*.tar")):
+    for shard in sorted((Path(pred_dir) / SHARDS_DIR).rglob("shard-*.tar")):
         yield from read_shard(shard)
 
 
@@ -108,8 +104,7 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path,
     """Score every sample of the build in `pred_dir` against the truth in `gt_dir`."""
     pred_dir = Path(pred_dir)
     folders = truth_folders(gt_dir)
-    manifest = pred_dir / "manifest.parquet"
-    if not any((pred_dir / SHARDS_DIR).glob("shard-*.tar")) and not manifest.exists():
+    if not any((pred_dir / SHARDS_DIR).rglob("shard-*.tar")) and not manifest_files(pred_dir):
         raise FileNotFoundError(f"{pred_dir} is not a build output (no {SHARDS_DIR}/ shards, no manifest.parquet)")
     evaluation = Evaluation()
     seen: set[str] = set()
@@ -123,7 +118,7 @@ def evaluate(pred_dir: str | Path, gt_dir: str | Path,
         if on_sample:
             on_sample(row)
     unmatched = set(folders) - seen
-    for entry in (read_manifest(manifest) if manifest.exists() else []):
+    for entry in read_manifest(pred_dir):
         name = clip_name(entry)
         if entry["kind"] == "input" and name in unmatched and entry["status"] != "written":
             evaluation.rows.append({"clip": name, "sample": entry["key"], "status": entry["status"],

@@ -30,6 +30,7 @@ SCHEMA = pa.schema(
         ("reason", pa.string()),  # short stable code, e.g. too_static
         ("message", pa.string()),  # human explanation
         ("source", pa.string()),
+        ("bytes", pa.int64()),  # the input file's size when it was read (input rows)
         ("span_start_s", pa.float64()),
         ("span_end_s", pa.float64()),
         ("caption", pa.string()),
@@ -85,7 +86,7 @@ def _sample_row(outcome: Outcome, common: dict[str, Any]) -> dict[str, Any]:
 def _input_row(item: InputItem, outcomes: list[Outcome], common: dict[str, Any]) -> dict[str, Any]:
     """Written if any clip was written; otherwise the first clip's drop or failure speaks for it."""
     row = dict(common, kind="input", key=item.key, caption=item.caption, fg_captions=list(item.fg_captions),
-               bg_caption=item.bg_caption)
+               bg_caption=item.bg_caption, bytes=item.size)
     written = [o for o in outcomes if o.status is Status.WRITTEN]
     if written:
         row.update(status=Status.WRITTEN.value, message=f"{len(written)} of {len(outcomes)} clips written")
@@ -123,7 +124,17 @@ def _pairs(values: dict[str, float] | None) -> list[tuple[str, float]] | None:
     return None if values is None else sorted(values.items())
 
 
+def manifest_files(folder: str | Path) -> list[Path]:
+    """A build folder's manifests: manifest.parquet, or one per part of a build split with --part."""
+    folder = Path(folder)
+    whole = folder / "manifest.parquet"
+    return [whole] if whole.exists() else sorted(folder.glob("manifest-part-*.parquet"))
+
+
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a manifest file, or of all the manifests of a build folder."""
+    if Path(path).is_dir():
+        return [row for part in manifest_files(path) for row in read_manifest(part)]
     rows = pq.read_table(path).to_pylist()
     for row in rows:
         for column in ("metrics", "timings"):

@@ -8,29 +8,47 @@ half-written `.tar` and never a sample twice. All samples of one input go to one
 input is committed whole.
 
 Reading: member names are checked before anything is used, so a crafted tar cannot name files
-outside its folder (absolute paths, `..`, links or devices are refused).
+outside its folder or a URL (absolute paths, `..`, `:`, links, devices and sparse files are
+refused). Samples stream one at a time and a member's declared size is checked before it is
+read, so a small crafted tar cannot make a reader hold gigabytes. Layer names in a sample's
+metadata are checked too (`layer_members`): they index the sample, whose `__key__` is any text.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import av
+import numpy as np
 import webdataset as wds
+
+from vidlayer.io.video import VideoError, decode_video
 
 SHARD_PATTERN = "shard-%06d.tar"
 SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 PART_SUFFIX = ".part"
+# What one sample may hold in memory: far above a layered clip (a few MB a layer), far below a machine.
+MAX_SAMPLE_BYTES = 1 << 30
+MAX_JSON_BYTES = 1 << 20  # metadata grows several times over once decoded
+LAYER_MEMBER_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # fullmatch: `$` would let a newline end it
 
 
 class UnsafeTarError(ValueError):
-    """A tar member whose name or type could escape the folder it is read into."""
+    """A tar member whose name, type or size makes it unsafe to read."""
+
+
+class SampleError(ValueError):
+    """A sample whose metadata or layer members cannot be used; `reason` is a short stable code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def stamp_sample(sample: dict[str, Any], pipeline: str, config_hash: str) -> dict[str, Any]:
@@ -123,24 +141,38 @@ def _fsync_dir(path: Path) -> None:
 
 
 def check_member(member: tarfile.TarInfo) -> None:
-    """Refuse members that are not plain files or whose names could leave the folder."""
+    """Refuse members that are not plain files, or whose names could leave the folder or be read as a URL.
+
+    Sparse files are refused too: their holes read back as zeros, so a few bytes can declare gigabytes.
+    """
     name = member.name
-    parts = PurePosixPath(name).parts
-    if not member.isfile():
-        raise UnsafeTarError(f"tar member {name!r} is not a regular file (links and devices are refused)")
-    if not name or name.startswith(("/", "\\")) or ".." in parts or "\\" in name or re.match(r"^[A-Za-z]:", name):
-        raise UnsafeTarError(f"tar member {name!r} would escape its folder")
+    if not member.isfile() or member.issparse():
+        raise UnsafeTarError(f"tar member {name!r} is not a regular file (links, devices and sparse files "
+                             f"are refused)")
+    if not name or name.startswith("/") or ".." in PurePosixPath(name).parts or "\\" in name or ":" in name:
+        raise UnsafeTarError(f"tar member {name!r} would escape its folder or name a URL")
 
 
-def read_shard(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield samples as {"__key__": key, "<ext>": bytes, ...} with `json` decoded to a dict.
+def read_shard(path: str | Path, load: Callable[[str, str], bool] | None = None,
+               max_sample_bytes: int = MAX_SAMPLE_BYTES) -> Iterator[dict[str, Any]]:
+    """Yield samples one at a time as {"__key__": key, "<ext>": bytes, ...} with `json` decoded to a dict.
 
     Grouping follows WebDataset's convention: the key is everything before the first dot of
-    the file name (directories included), the rest is the member's extension.
+    the file name (directories included), the rest is the member's extension. A member that
+    `load(key, extension)` declines is not read: its size in bytes stands in for it. Sizes are
+    checked before reading: a sample may hold `max_sample_bytes`, its metadata MAX_JSON_BYTES.
+    Only uncompressed tars are read (vidlayer writes no other): decompression would let a small
+    file unfold into anything, even inside the tar headers.
     """
+    try:
+        tar = tarfile.open(path, "r:")
+    except tarfile.ReadError as e:
+        raise tarfile.ReadError(f"not an uncompressed tar ({e})") from None
     sample: dict[str, Any] = {}
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
+    held = 0
+    with tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # each header is used once, in order; keeping them all grows with the shard
             check_member(member)
             directory, _, filename = member.name.rpartition("/")
             stem, dot, extension = filename.partition(".")
@@ -149,9 +181,86 @@ def read_shard(path: str | Path) -> Iterator[dict[str, Any]]:
             key = f"{directory}/{stem}" if directory else stem
             if sample and sample["__key__"] != key:
                 yield sample
-                sample = {}
+                sample, held = {}, 0
             sample["__key__"] = key
+            if load is not None and not load(key, extension):
+                sample[extension] = member.size
+                continue
+            held += member.size
+            if held > max_sample_bytes:
+                raise UnsafeTarError(f"sample {key!r} reaches {held:,} bytes with {member.name!r}, more than the "
+                                     f"{max_sample_bytes:,} bytes a sample may hold; refused before reading it")
+            if extension == "json" and member.size > MAX_JSON_BYTES:
+                raise UnsafeTarError(f"tar member {member.name!r} declares {member.size:,} bytes of metadata, more "
+                                     f"than the {MAX_JSON_BYTES:,} allowed; refused before reading it")
             data = tar.extractfile(member).read()
-            sample[extension] = json.load(io.BytesIO(data)) if extension == "json" else data
+            sample[extension] = _metadata_of(key, data) if extension == "json" else data
     if sample:
         yield sample
+
+
+def parse_metadata(data: bytes) -> dict[str, Any]:
+    """A sample's `json` member as a dict; bad or too deeply nested JSON, a list or a number is refused."""
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise SampleError("bad_json", f"metadata is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(meta, dict):
+        raise SampleError("bad_json", f"metadata must be a JSON object, not {_shown(meta)}")
+    return meta
+
+
+def _metadata_of(key: str, data: bytes) -> dict[str, Any]:
+    try:
+        return parse_metadata(data)
+    except SampleError as e:
+        raise SampleError(e.reason, f"sample {key!r}: {e}") from None
+
+
+def layer_members(meta: Mapping[str, Any], sample: Mapping[str, Any]) -> dict[str, str]:
+    """The member of `sample` holding each layer, by role: full, background, fg0, alpha0, fg1, ...
+
+    The names come from the metadata and index the sample, so each must be a plain member
+    extension (`fg0.mp4`) held as bytes: `__key__`, any text, even a URL, must never reach a decoder.
+    """
+    layers = meta.get("layers")
+    if not isinstance(layers, Mapping):
+        raise SampleError("bad_layers", f"metadata names no layers (found {_shown(layers)})")
+    foreground, alpha = layers.get("foreground"), layers.get("alpha")
+    if not (isinstance(foreground, list) and isinstance(alpha, list) and 0 < len(foreground) == len(alpha)):
+        raise SampleError("bad_layers", f"layers need one alpha per foreground, at least one: found foreground "
+                                        f"{_shown(foreground)} and alpha {_shown(alpha)}")
+    roles = {"full": layers.get("full"), "background": layers.get("background")}
+    for i, (colour, matte) in enumerate(zip(foreground, alpha)):
+        roles[f"fg{i}"], roles[f"alpha{i}"] = colour, matte
+    for role, name in roles.items():
+        if not isinstance(name, str) or not LAYER_MEMBER_RE.fullmatch(name) or name.startswith("__"):
+            raise SampleError("bad_layers", f"layer {role} is {_shown(name)}, not a member extension like fg0.mp4")
+    missing = sorted({name for name in roles.values() if not isinstance(sample.get(name), bytes)})
+    if missing:
+        raise SampleError("missing_member", f"no {', '.join(missing)}")
+    return roles
+
+
+def decode_layers(members: Mapping[str, bytes], max_frames: int | None = None) -> dict[str, np.ndarray]:
+    """Decode layer videos by role (alphas to grey), at most `max_frames` each.
+
+    Layers of one clip share frames and size, so layers that differ are refused here rather
+    than misaligned later; a member that does not decode names its layer.
+    """
+    videos = {}
+    for role, data in members.items():
+        try:
+            videos[role] = decode_video(data, grey=role.startswith("alpha"), max_frames=max_frames)
+        except (VideoError, av.error.FFmpegError, IndexError, ValueError) as e:  # IndexError: no video stream
+            raise SampleError("decode_error", f"layer {role} does not decode ({str(e)[:120]})") from None
+    shapes = {role: video.shape[:3] for role, video in videos.items()}
+    if len(set(shapes.values())) > 1:
+        raise SampleError("mismatched_layers", "layers differ in frames or size: " + ", ".join(
+            f"{role} {'x'.join(map(str, shape))}" for role, shape in shapes.items()))
+    return videos
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"

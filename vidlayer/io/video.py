@@ -1,7 +1,10 @@
 """Video probing, decoding and encoding.
 
 Decoding prefers decord (fast seeking, resize inside the decoder) and falls back to PyAV,
-which reads whatever FFmpeg reads. Encoding uses PyAV's bundled FFmpeg (no ffmpeg binary
+which reads whatever FFmpeg reads. Sizes and frames are as a player shows them: a phone
+video stored landscape with a 90 degree display rotation is portrait in `probe` and in every
+decoded frame (decord turns frames itself, PyAV frames are turned here), so a resize to the
+probed aspect never squashes it. Encoding uses PyAV's bundled FFmpeg (no ffmpeg binary
 needed). Alpha mattes are encoded as lossless single-channel H.264 in full colour range, so
 a matte decodes back bit-exactly; colour layers use ordinary 4:2:0 H.264 at a high quality.
 """
@@ -67,6 +70,8 @@ def probe(path: str | Path) -> VideoInfo:
             frames = int(stream.frames) or int(round(duration * fps))
             codec = stream.codec_context.name
             width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            if _quarter_turns(_first_frame_rotation(container, stream)) % 2:
+                width, height = height, width
     except VideoError:
         raise
     except av.error.PermissionError:
@@ -123,7 +128,6 @@ def _read_pyav(path: str | Path, indices: list[int], size: tuple[int, int] | Non
     wanted = iter(indices)
     target = next(wanted)
     out: list[np.ndarray] = []
-    width, height = size if size else (None, None)
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -131,7 +135,7 @@ def _read_pyav(path: str | Path, indices: list[int], size: tuple[int, int] | Non
             for number, frame in enumerate(container.decode(stream)):
                 if number < target:
                     continue
-                out.append(frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA"))
+                out.append(_displayed(frame, "rgb24", size))
                 target = next(wanted, None)
                 if target is None:
                     break
@@ -183,12 +187,40 @@ def decode_video(data: bytes | str | Path, grey: bool = False, max_frames: int |
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="gray" if grey else "rgb24"))
+            frames.append(_displayed(frame, "gray" if grey else "rgb24"))
             if max_frames is not None and len(frames) >= max_frames:
                 break
     if not frames:
         raise VideoError("decode_error", "the video has no frames")
     return np.stack(frames)
+
+
+def _first_frame_rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The display rotation in degrees counter-clockwise, 0 when the first frame does not decode.
+
+    FFmpeg 7 and later no longer export the `rotate` tag and PyAV has no reader for the stream's
+    display matrix, but the decoder attaches that matrix to every frame. A stream that does not
+    decode is left to `read_frames`, which reports it with its own reason.
+    """
+    try:
+        return next(container.decode(stream)).rotation
+    except (av.error.FFmpegError, StopIteration):
+        return 0
+
+
+def _quarter_turns(degrees: float) -> int:
+    """Counter-clockwise quarter turns (0..3) nearest to a rotation; players round the same way."""
+    return round(degrees / 90) % 4
+
+
+def _displayed(frame: av.VideoFrame, format: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The frame as shown, turned by its display rotation the way decord turns it, sized to `size` = (w, h)."""
+    turns = _quarter_turns(frame.rotation)
+    width, height = size if size else (None, None)
+    if turns % 2:
+        width, height = height, width  # resize before turning: the coded frame is the other way round
+    image = frame.to_ndarray(format=format, width=width, height=height, interpolation="AREA")
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _first_line(error: BaseException) -> str:

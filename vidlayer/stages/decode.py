@@ -42,8 +42,10 @@ class Decode(Stage):
             raise Drop("too_large_to_decode", f"{info.width}x{info.height} exceeds {p.max_decode_pixels} pixels")
         if info.num_frames < 2:
             raise Drop("too_few_frames", f"the stream has {info.num_frames} frame(s)")
-        step = max(1.0, info.fps / p.proxy_fps)
         seconds = min(info.duration_s or info.num_frames / info.fps, p.max_proxy_seconds)
+        # A source shorter than one proxy step (0.1 s at 1000 fps) still gets its first and last
+        # frame, so that the filter judges its frame rate and length instead of a one-frame proxy.
+        step = max(1.0, min(info.fps / p.proxy_fps, seconds * info.fps - 1))
         indices = np.unique(np.round(np.arange(0, seconds * info.fps, step)).astype(int))
         indices = indices[indices < info.num_frames]
         try:

@@ -77,11 +77,13 @@ class Filter(Stage):
         p: FilterParams = self.params
         info = clip.info
         short, long = sorted((info.width, info.height))
+        # The rate first: a clip at an odd rate (high-speed footage, a mis-declared rate) is often
+        # too short as well, and the rate is the cause.
+        if not p.min_fps <= info.fps <= p.max_fps:
+            raise Drop("fps_out_of_bounds", f"{info.fps:.2f} fps is outside [{p.min_fps}, {p.max_fps}] fps")
         if not p.min_duration_s <= info.duration_s <= p.max_duration_s:
             raise Drop("duration_out_of_bounds",
                        f"{info.duration_s:.2f} s is outside [{p.min_duration_s}, {p.max_duration_s}] s")
-        if not p.min_fps <= info.fps <= p.max_fps:
-            raise Drop("fps_out_of_bounds", f"{info.fps:.2f} fps is outside [{p.min_fps}, {p.max_fps}]")
         if short < p.min_short_side or long > p.max_long_side:
             raise Drop("resolution_out_of_bounds",
                        f"{info.width}x{info.height}: short side must be >= {p.min_short_side}, "

@@ -32,6 +32,40 @@ def test_backends_agree(write_video, square_frames):
     assert np.abs(a.astype(int) - b).mean() < 1.0
 
 
+def write_turned(path, shown, degrees):
+    """What a phone writes: `shown` stored turned back by `degrees`, with a display matrix that turns it upright."""
+    stored = np.ascontiguousarray(np.rot90(shown, -round(degrees / 90), axes=(1, 2)))
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(16))
+        (stream.height, stream.width), stream.pix_fmt = stored.shape[1:3], "yuv420p"
+        stream.set_display_rotation(degrees)
+        for frame in stored:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return stored
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_rotated_video_is_probed_and_decoded_as_shown(tmp_path, square_frames, degrees):
+    shown = square_frames(8, 240, 320)  # portrait, as the phone showed it
+    path = tmp_path / "phone.mp4"
+    stored = write_turned(path, shown, degrees)
+    with av.open(str(path)) as container:  # the file really holds turned frames and a display rotation
+        stream = container.streams.video[0]
+        assert (stream.codec_context.height, stream.codec_context.width) == stored.shape[1:3]
+        assert next(container.decode(stream)).rotation % 360 == degrees % 360
+    info = probe(path)
+    assert (info.width, info.height) == (240, 320)
+    # Every decoder agrees with the probed size, and a resize to it keeps the picture unsquashed.
+    for backend in ("decord", "pyav"):
+        full, _ = read_frames(path, range(8), backend=backend)
+        assert full.shape == (8, 320, 240, 3) and np.abs(full.astype(int) - shown).mean() < 6
+        half, _ = read_frames(path, [0], size=(120, 160), backend=backend)
+        expected = shown[0].reshape(160, 2, 120, 2, 3).mean(axis=(1, 3))
+        assert half.shape == (1, 160, 120, 3) and np.abs(half[0] - expected).mean() < 6
+    assert np.abs(decode_video(path).astype(int) - shown).mean() < 6
+
+
 def test_auto_falls_back_to_pyav_for_av1(tmp_path):
     """decord's bundled FFmpeg has no AV1 decoder; PyAV's has."""
     frames = np.repeat(np.linspace(0, 255, 128 * 192 * 3).reshape(1, 128, 192, 3).astype(np.uint8), 6, 0)

@@ -1,4 +1,7 @@
+from fractions import Fraction
+
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -20,6 +23,26 @@ def test_probes_and_decodes_a_small_proxy(write_video, square_frames):
     assert (clip.info.width, clip.info.height, clip.info.num_frames) == (320, 240, 48)
     assert clip.info.backend == "decord"
     assert clip.proxy.shape == (16, 64, 86, 3) and clip.proxy_fps == pytest.approx(8)
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_a_rotated_phone_video_keeps_its_portrait_aspect(square_frames, tmp_path, decoder):
+    shown = square_frames(48, 240, 320)
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w", format="mp4") as container:  # stored landscape, shown turned 90 degrees
+        stream = container.add_stream("libx264", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.set_display_rotation(90)
+        for frame in np.rot90(shown, -1, axes=(1, 2)):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        assert next(container.decode(video=0)).rotation == 90
+    clip = decode_stage(decoder=decoder, proxy_fps=8, proxy_short_side=64).process(clip_for(path))
+    assert (clip.info.width, clip.info.height) == (240, 320)
+    assert clip.proxy.shape == (16, 86, 64, 3)
+    expected = cv2.resize(shown[0], (64, 86), interpolation=cv2.INTER_AREA)
+    assert np.abs(clip.proxy[0].astype(int) - expected).mean() < 8  # the same picture, not a squashed one
 
 
 def test_truncated_stream_keeps_what_decodes(write_video, square_frames, tmp_path):

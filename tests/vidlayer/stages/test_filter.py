@@ -72,3 +72,12 @@ def test_bounds(write_video, square_frames, params, reason):
     with pytest.raises(Drop) as drop:
         run(path, **params)
     assert drop.value.reason == reason
+
+
+def test_a_1000_fps_clip_is_dropped_for_its_frame_rate(write_video, square_frames):
+    """0.1 s at 1000 fps, less than one proxy step: the rate is the reason, not a frame count or the length."""
+    path = write_video("fast.mp4", square_frames(100, 320, 240), fps=1000)
+    with pytest.raises(Drop) as drop:
+        run(path)
+    assert drop.value.reason == "fps_out_of_bounds"
+    assert drop.value.message == "1000.00 fps is outside [8.0, 240.0] fps"
